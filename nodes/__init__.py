@@ -1,0 +1,1 @@
+"""LoRA Lab core and node definitions. Core modules never import ComfyUI."""

@@ -1,0 +1,121 @@
+"""Model and output folders.
+
+Inside ComfyUI the folders come from its `folder_paths` module ("checkpoints", "loras",
+"output"). Standalone they are `<models_dir>/checkpoints`, `<models_dir>/loras` and
+`<output_dir>`, where models_dir / output_dir come from, in order: `standalone_dirs(...)`
+(the CLI's --models-dir / --output-dir), the environment variables LORA_LAB_MODELS_DIR /
+LORA_LAB_OUTPUT_DIR, and the defaults `./models` and `./output` (relative to the current
+working directory).
+
+Every name is resolved inside its folder: absolute paths, `..` and symlinks that leave the
+folder are refused with ModelPathError.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import sys
+from pathlib import Path
+
+from .errors import ModelPathError
+
+KINDS = ("checkpoints", "loras", "output")
+CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+LORA_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+_dirs: contextvars.ContextVar = contextvars.ContextVar("lora_lab_dirs", default=None)
+
+
+def _comfy_folder_paths():
+    """ComfyUI's folder_paths module when we run inside ComfyUI, else None."""
+    if "folder_paths" in sys.modules and "comfy" in sys.modules:
+        return sys.modules["folder_paths"]
+    return None
+
+
+@contextlib.contextmanager
+def standalone_dirs(models_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None):
+    """Use these folders (standalone mode) inside the `with` block."""
+    token = _dirs.set((models_dir, output_dir))
+    try:
+        yield
+    finally:
+        _dirs.reset(token)
+
+
+def models_dir() -> Path:
+    chosen = (_dirs.get() or (None, None))[0]
+    return Path(chosen or os.environ.get("LORA_LAB_MODELS_DIR") or "models").absolute()
+
+
+def output_dir() -> Path:
+    fp = _comfy_folder_paths()
+    if fp is not None and (_dirs.get() is None):
+        return Path(fp.get_output_directory())
+    chosen = (_dirs.get() or (None, None))[1]
+    return Path(chosen or os.environ.get("LORA_LAB_OUTPUT_DIR") or "output").absolute()
+
+
+def folders(kind: str) -> list[Path]:
+    """Every folder configured for `kind` (ComfyUI may configure several)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown folder kind {kind!r}; expected one of {KINDS}")
+    if kind == "output":
+        return [output_dir()]
+    fp = _comfy_folder_paths()
+    if fp is not None and _dirs.get() is None:
+        return [Path(p) for p in fp.get_folder_paths(kind)]
+    return [models_dir() / kind]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def resolve(kind: str, name: str, must_exist: bool = True) -> Path:
+    """Resolve `name` inside the folder(s) of `kind`, refusing anything that leaves them."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelPathError(f"empty {kind} name {name!r}")
+    rel = Path(name.replace("\\", "/"))
+    if rel.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise ModelPathError(f"{kind} name {name!r} is an absolute path; give a name inside the {kind} folder")
+    if ".." in rel.parts:
+        raise ModelPathError(f"{kind} name {name!r} leaves the {kind} folder ('..' is not allowed)")
+    tried = []
+    for folder in folders(kind):
+        root = folder.resolve()
+        candidate = (folder / rel)
+        real = candidate.resolve()
+        if not _inside(real, root):
+            raise ModelPathError(
+                f"{kind} name {name!r} resolves to {str(real)!r}, outside the {kind} folder {str(root)!r}"
+            )
+        if not must_exist or real.exists():
+            return real
+        tried.append(str(folder))
+    raise ModelPathError(f"{kind} file {name!r} not found in {', '.join(tried) or 'no folder'}")
+
+
+def list_names(kind: str, extensions: tuple = CHECKPOINT_EXTENSIONS) -> list[str]:
+    """Names (relative, '/'-separated) of the files of `kind` with one of `extensions`."""
+    names = set()
+    for folder in folders(kind):
+        if not folder.is_dir():
+            continue
+        root = folder.resolve()
+        for dirpath, _dirnames, filenames in os.walk(folder, followlinks=True):
+            for fn in filenames:
+                p = Path(dirpath) / fn
+                if p.suffix.lower() in extensions and _inside(p.resolve(), root):
+                    names.add(p.relative_to(folder).as_posix())
+            # diffusers-format folders count as checkpoints
+        if kind == "checkpoints":
+            for mi in folder.glob("**/model_index.json"):
+                if _inside(mi.resolve(), root):
+                    names.add(mi.parent.relative_to(folder).as_posix())
+    return sorted(names)
