@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny single-file checkpoints of every family with the real key layouts."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from lora_lab.nodes import checkpoint_save, tiny_models
+from lora_lab.nodes.handle import ModelHandle
+
+# transformers warns about bos/eos ids on tiny vocabularies; keep test logs readable.
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+
+
+def make_handle(family: str, seed: int = 0, prediction_type: str = "epsilon") -> ModelHandle:
+    unet, vae, encoders = tiny_models.build_components(family, seed=seed)
+    from lora_lab.nodes.checkpoint import tokenizers_for
+
+    return ModelHandle(family, prediction_type, unet, vae, encoders, tokenizers_for(family), source=f"tiny-{family}")
+
+
+@pytest.fixture(scope="session")
+def tiny_handles():
+    """{family: ModelHandle} built in memory (seeded)."""
+    return {f: make_handle(f, seed=i + 1) for i, f in enumerate(FAMILIES)}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, tiny_handles):
+    """{family: path} of single-file .safetensors written from tiny_handles."""
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for fam, h in tiny_handles.items():
+        out[fam] = checkpoint_save.save_single_file(root / f"tiny-{fam}.safetensors", h)
+    return out
+
+
+def write_diffusers_config_folder(folder: Path, handle: ModelHandle) -> Path:
+    """A weightless diffusers model folder (configs + tokenizers), what from_single_file(config=) needs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sdxl = handle.family == "sdxl"
+    handle.unet.save_config(folder / "unet")
+    handle.vae.save_config(folder / "vae")
+    names = ["text_encoder", "text_encoder_2"] if sdxl else ["text_encoder"]
+    toks = ["tokenizer", "tokenizer_2"] if sdxl else ["tokenizer"]
+    for name, tname, enc, tok in zip(names, toks, handle.text_encoders, handle.tokenizers):
+        enc.config.save_pretrained(folder / name)
+        tok.save_pretrained(folder / tname)
+    sched = {"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+             "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+             "prediction_type": handle.prediction_type, "timestep_spacing": "leading", "steps_offset": 1}
+    (folder / "scheduler").mkdir(exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched))
+    index = {
+        "_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+    }
+    if sdxl:
+        index.update(text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+                     tokenizer_2=["transformers", "CLIPTokenizer"], force_zeros_for_empty_prompt=True)
+    else:
+        index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module) -> list[str]:
+    """Names of tensors that differ (bitwise) or are missing on one side."""
+    sa, sb = a.state_dict(), b.state_dict()
+    bad = sorted(set(sa) ^ set(sb))
+    bad += [k for k in sa if k in sb and (sa[k].dtype != sb[k].dtype or not torch.equal(sa[k], sb[k]))]
+    return bad
