@@ -1,0 +1,186 @@
+"""Adapter math: one small pure function per adapter kind, giving the weight delta.
+
+Every function takes fp32 tensors and returns ΔW already multiplied by its own file scale
+(alpha / rank and the like) but NOT by the user's strength; `apply_adapter` combines them.
+Used by patching, merging and export alike, so the scale has one code path.
+
+Shapes: a Linear weight is [out, in]; a Conv2d weight [out, in, kh, kw].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+KINDS = ("lora", "loha", "lokr", "diff", "ia3")
+
+
+@dataclass(frozen=True, eq=False)  # identity equality: tensors are not compared
+class Adapter:
+    """One adapter on one parameter: `kind` + its tensors + file scale facts.
+
+    tensors by kind:
+      lora: up [out, r(, 1, 1)], down [r, in(, kh, kw)], mid [r, r, kh, kw] (tucker, optional)
+      loha: w1a [out, r], w1b [r, in*k], w2a, w2b (+ t1, t2 [r, r, kh, kw] for tucker)
+      lokr: w1 or (w1a, w1b); w2 or (w2a, w2b); t2 (tucker, optional)
+      diff: diff (full ΔW; also used for norm layers' w_norm)
+      ia3:  weight (per-channel scale), with on_input telling the axis
+    bias: optional Δb [out] (diff_b, b_norm, lora up bias).
+    dora_scale: optional DoRA magnitude, [out, 1, ...] (row norms) or [1, in, ...] (column norms).
+    """
+
+    kind: str
+    tensors: dict
+    alpha: float | None = None
+    bias: torch.Tensor | None = None
+    dora_scale: torch.Tensor | None = None
+    on_input: bool = False
+    extra_scale: float = 1.0  # a file's own multiplier (e.g. a `scale` key)
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown adapter kind {self.kind!r}; expected one of {KINDS}")
+
+
+# ------------------------------------------------------------------------------- deltas
+def lora_delta(up: torch.Tensor, down: torch.Tensor, mid: torch.Tensor | None, alpha: float | None) -> torch.Tensor:
+    """ΔW = alpha/r · up @ down (r = down rows; alpha missing means alpha = r).
+
+    Conv: down [r, in, kh, kw], up [out, r, 1, 1] -> [out, in, kh, kw].
+    Tucker: down [r, in, 1, 1], mid [r, r, kh, kw], up [out, r, 1, 1].
+    """
+    rank = down.shape[0]
+    scale = 1.0 if alpha is None else float(alpha) / rank
+    up2 = up.reshape(up.shape[0], -1)  # [out, r]
+    if mid is not None:
+        down2 = down.reshape(rank, -1)  # [r, in]
+        # [r_up, r_down, kh, kw] contracted with down [r_down, in] and up [out, r_up]
+        w = torch.einsum("i j k l, j r, p i -> p r k l", mid, down2, up2)
+        return w * scale
+    down2 = down.reshape(rank, -1)  # [r, in * kh * kw]
+    w = up2 @ down2  # [out, in * kh * kw]
+    if down.ndim == 4:
+        w = w.reshape(up.shape[0], *down.shape[1:])
+    return w * scale
+
+
+def _tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """Rebuild a [out, in, kh, kw] factor from core t [r, r, kh, kw], wa [r, out], wb [r, in]."""
+    return torch.einsum("i j k l, j r, i p -> p r k l", t, wb, wa)
+
+
+def loha_delta(t: dict, alpha: float | None) -> torch.Tensor:
+    """LoHa: ΔW = (w1a @ w1b) ⊙ (w2a @ w2b) · alpha/r, r = w1b rows (Hadamard product)."""
+    rank = t["w1b"].shape[0]
+    scale = 1.0 if alpha is None else float(alpha) / rank
+    if "t1" in t:
+        m1 = _tucker(t["t1"], t["w1a"], t["w1b"])
+        m2 = _tucker(t["t2"], t["w2a"], t["w2b"])
+    else:
+        m1 = t["w1a"] @ t["w1b"]
+        m2 = t["w2a"] @ t["w2b"]
+    return m1 * m2 * scale
+
+
+def lokr_delta(t: dict, alpha: float | None, target_shape) -> torch.Tensor:
+    """LoKr: ΔW = kron(w1, w2) · scale, each factor full or low-rank (w_a @ w_b, or tucker).
+
+    The scale alpha/r applies only when a factor is low-rank (r from its w_b); with two full
+    factors the alpha stored in the file is ignored, as LyCORIS does.
+    """
+    dim = None
+    if "w1" in t:
+        w1 = t["w1"]
+    else:
+        dim = t["w1b"].shape[0]
+        w1 = t["w1a"] @ t["w1b"]
+    if "w2" in t:
+        w2 = t["w2"]
+    else:
+        dim = t["w2b"].shape[0]
+        w2 = _tucker(t["t2"], t["w2a"], t["w2b"]) if "t2" in t else t["w2a"] @ t["w2b"]
+    if w2.ndim == 4 and w1.ndim == 2:
+        w1 = w1[:, :, None, None]  # kron over [a, b, 1, 1] x [c, d, kh, kw] -> [ac, bd, kh, kw]
+    scale = float(alpha) / dim if (alpha is not None and dim is not None) else 1.0
+    return torch.kron(w1, w2).reshape(target_shape) * scale
+
+
+def base_delta(a: Adapter, target_shape) -> torch.Tensor | None:
+    """ΔW (without strength) for a weight of `target_shape`; None for IA3 (not additive)."""
+    t = a.tensors
+    if a.kind == "lora":
+        d = lora_delta(t["up"], t["down"], t.get("mid"), a.alpha)
+    elif a.kind == "loha":
+        d = loha_delta(t, a.alpha)
+    elif a.kind == "lokr":
+        d = lokr_delta(t, a.alpha, target_shape)
+    elif a.kind == "diff":
+        d = t["diff"]
+    else:
+        return None
+    return d.reshape(target_shape) * a.extra_scale
+
+
+# ------------------------------------------------------------------------------ applying
+def dora_norm(w: torch.Tensor, row_wise: bool) -> torch.Tensor:
+    """Norms of W per output row ([out, 1, ...]) or per input column ([1, in, ...])."""
+    if row_wise:
+        return w.reshape(w.shape[0], -1).norm(dim=1).reshape(w.shape[0], *[1] * (w.ndim - 1))
+    wt = w.transpose(0, 1)
+    return wt.reshape(wt.shape[0], -1).norm(dim=1).reshape(wt.shape[0], *[1] * (w.ndim - 1)).transpose(0, 1)
+
+
+def lora_scale(a: Adapter) -> float:
+    """alpha / rank times the file's own multiplier, for a plain LoRA."""
+    rank = a.tensors["down"].shape[0]
+    return (1.0 if a.alpha is None else float(a.alpha) / rank) * a.extra_scale
+
+
+def is_plain_lora(a: Adapter) -> bool:
+    """A LoRA whose ΔW is one matrix product (no tucker core, no DoRA): the fast path."""
+    return a.kind == "lora" and "mid" not in a.tensors and a.dora_scale is None
+
+
+def patched_weight(w0: torch.Tensor, a: Adapter, strength: float, rows: tuple | None = None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """The new weight (fp32) for base weight w0 (fp32) under adapter `a` at `strength`.
+
+    rows=(start, stop): w0 is that row block of a fused weight (q, k or v of an OpenCLIP
+    in_proj) and the adapter's ΔW covers all three blocks.
+    A plain LoRA is one fused op, W0 + s·scale·(up @ down), written into `out` when given.
+    DoRA (dora_scale present) follows the published rule W' = m · V / ‖V‖ with V = W0 + ΔW
+    and the norm over the axis the magnitude's shape names; strength blends from W0 to W'
+    (strength 0 is exactly W0).
+    """
+    if is_plain_lora(a) and rows is None:
+        up2 = a.tensors["up"].reshape(a.tensors["up"].shape[0], -1)  # [out, r]
+        down2 = a.tensors["down"].reshape(a.tensors["down"].shape[0], -1)  # [r, in * kh * kw]
+        w2 = w0.reshape(w0.shape[0], -1)
+        if out is not None:
+            torch.addmm(w2, up2, down2, alpha=strength * lora_scale(a), out=out.view(w2.shape))
+            return out
+        return torch.addmm(w2, up2, down2, alpha=strength * lora_scale(a)).reshape(w0.shape)
+    if a.kind == "ia3":
+        s = a.tensors["weight"]
+        s = s.reshape(1, -1, *[1] * (w0.ndim - 2)) if a.on_input else s.reshape(-1, *[1] * (w0.ndim - 1))
+        res = w0 + strength * (w0 * s)
+    elif rows is not None:
+        fused = (3 * w0.shape[0], *w0.shape[1:])
+        res = w0 + strength * base_delta(a, fused)[rows[0]:rows[1]]
+    elif a.dora_scale is None:
+        res = w0 + strength * base_delta(a, w0.shape)
+    else:
+        m = a.dora_scale.float()
+        row_wise = m.shape[0] == w0.shape[0] and (m.ndim < 2 or m.shape[1] == 1)
+        v = w0 + base_delta(a, w0.shape)
+        norm = dora_norm(v, row_wise)
+        res = w0 + strength * (v * (m.reshape(norm.shape) / norm) - w0)
+    if out is not None:
+        out.copy_(res)
+        return out
+    return res
+
+
+def patched_bias(b0: torch.Tensor, a: Adapter, strength: float) -> torch.Tensor:
+    return b0 + strength * a.bias.reshape(b0.shape) * a.extra_scale

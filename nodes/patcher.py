@@ -1,0 +1,160 @@
+"""Applying a handle's patch set to the shared base modules, reversibly and bit-exactly.
+
+Handles are immutable and share one set of base modules; right before a handle's model is
+used, `activate(handle)` makes the module weights equal to "base + that handle's patches".
+Per base model a PatchState keeps the original of every touched tensor and what is applied
+to each; switching stacks rewrites only the tensors whose adapters or strengths differ, and
+every rewrite starts from the kept original, so A -> B gives exactly the weights B gives on
+the untouched base, and restoring copies the original back bit for bit.
+
+Math is fp32 (adapters.patched_weight); results are stored in the model's dtype.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapters import patched_bias, patched_weight
+from .lora_formats import Matched, RawLora, match
+from .lora_keys import KeyIndex, Target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraPatch:
+    """One LoRA in a handle's stack."""
+
+    name: str
+    raw: RawLora = field(repr=False)
+    strength_unet: float = 1.0
+    strength_text: float = 1.0
+    block_weights: tuple | None = None  # LBW multipliers, see block_weights.py
+    file_hash: str = ""
+
+
+class PatchState:
+    """What is applied to one base model's modules (kept per base UNet, weakly)."""
+
+    def __init__(self, handle):
+        self.index = KeyIndex(handle)
+        self.modules = {}
+        comps = {"unet": handle.unet, "te1": handle.text_encoders[0]}
+        if len(handle.text_encoders) > 1:
+            comps["te2"] = handle.text_encoders[1]
+        from .lora_keys import LAYER_TYPES, _canonical_te_name
+
+        for comp, model in comps.items():
+            for raw_name, mod in model.named_modules():
+                if isinstance(mod, LAYER_TYPES):
+                    name = raw_name if comp == "unet" else _canonical_te_name(model, raw_name)
+                    self.modules[(comp, name)] = mod
+        self.originals: dict = {}  # (comp, module, "weight"|"bias") -> original tensor
+        self.applied: dict = {}  # same key -> signature of what is applied
+        self._matches: dict = {}  # id(raw) -> (raw, Matched)
+
+    def matched(self, raw: RawLora) -> Matched:
+        hit = self._matches.get(id(raw))
+        if hit is None or hit[0] is not raw:
+            hit = (raw, match(raw, self.index, self.modules))
+            self._matches[id(raw)] = hit
+        return hit[1]
+
+
+_STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def state_for(handle) -> PatchState:
+    st = _STATES.get(handle.unet)
+    if st is None:
+        st = PatchState(handle)
+        _STATES[handle.unet] = st
+    return st
+
+
+def plan(handle) -> dict:
+    """{(component, module, param): ((adapter, strength, rows), ...)} for the handle's patches."""
+    from .block_weights import block_multiplier, text_multiplier
+
+    st = state_for(handle)
+    out: dict = {}
+    for p in handle.patches:
+        m = st.matched(p.raw)
+        for t, adapters in m.adapters.items():
+            if t.component == "unet":
+                s = p.strength_unet
+                if p.block_weights is not None:
+                    s *= block_multiplier(p.block_weights, st.index.ldm_unet.get(t.module, ""), handle.family)
+            else:
+                s = p.strength_text * text_multiplier(p.block_weights)
+            if s == 0:
+                continue
+            for a in adapters:
+                if a.kind != "diff" or "diff" in a.tensors:
+                    out.setdefault((t.component, t.module, "weight"), []).append((a, float(s), t.rows))
+                if a.bias is not None:
+                    out.setdefault((t.component, t.module, "bias"), []).append((a, float(s), t.rows))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _same(sig_a, sig_b) -> bool:
+    if sig_a is None or sig_b is None or len(sig_a) != len(sig_b):
+        return sig_a is sig_b
+    return all(a is b and sa == sb and ra == rb for (a, sa, ra), (b, sb, rb) in zip(sig_a, sig_b))
+
+
+@torch.no_grad()
+def activate(handle) -> int:
+    """Make the shared modules hold base + handle.patches. Returns how many tensors changed."""
+    st = state_for(handle)
+    want = plan(handle)
+    changed = 0
+    for key in list(st.applied.keys() | want.keys()):
+        new = want.get(key)
+        if _same(st.applied.get(key), new):
+            continue
+        comp, mod_name, pname = key
+        param = getattr(st.modules[(comp, mod_name)], pname)
+        if new is None:
+            param.copy_(st.originals.pop(key))  # bit-exact restore; the backup is freed
+            del st.applied[key]
+        else:
+            if key not in st.originals:
+                st.originals[key] = param.detach().clone()
+            _write(param, st.originals[key], new, pname)
+            st.applied[key] = new
+        changed += 1
+    return changed
+
+
+def _write(param: torch.Tensor, original: torch.Tensor, entries: tuple, pname: str) -> None:
+    """param <- original (+ each adapter in order), fp32 math, stored in param's dtype."""
+    if pname == "bias":
+        acc = original.float()
+        for a, s, rows in entries:
+            acc = patched_bias(acc, a, s)
+        param.copy_(acc)
+        return
+    fp32 = param.dtype == torch.float32
+    acc = original if fp32 else original.float()
+    for i, (a, s, rows) in enumerate(entries):
+        last = i == len(entries) - 1
+        acc = patched_weight(acc, a, s, rows, out=param if (fp32 and last) else None)
+    if not fp32 or acc is not param:
+        param.copy_(acc)
+
+
+def restore(handle) -> int:
+    """Put the base weights back (bit-exact)."""
+    st = state_for(handle)
+    return activate(handle.with_patches(())) if st.applied else 0
+
+
+def match_report(handle, raw: RawLora) -> Matched:
+    return state_for(handle).matched(raw)
+
+
+__all__ = ["LoraPatch", "activate", "restore", "plan", "match_report", "state_for", "Target"]
