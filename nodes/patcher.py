@@ -54,6 +54,9 @@ class PatchState:
                     self.modules[(comp, name)] = mod
         self.originals: dict = {}  # (comp, module, "weight"|"bias") -> original tensor
         self.applied: dict = {}  # same key -> signature of what is applied
+        # Buffers of restored tensors, reused by the next apply (extra memory stays at most the
+        # touched weights); release() frees them.
+        self.spare: dict = {}
         self._matches: dict = {}  # id(raw) -> (raw, Matched)
 
     def matched(self, raw: RawLora) -> Matched:
@@ -108,7 +111,13 @@ def _same(sig_a, sig_b) -> bool:
 
 @torch.no_grad()
 def activate(handle) -> int:
-    """Make the shared modules hold base + handle.patches. Returns how many tensors changed."""
+    """Make the shared modules hold base + handle.patches. Returns how many tensors changed.
+
+    The original tensor of a touched parameter is kept as it is (no copy) and the parameter
+    points at a new tensor holding the patched values; restoring points it back. So applying
+    reads each original once and writes the result once (the memory-traffic floor), the
+    extra memory is the touched weights, and a restore is exact by construction.
+    """
     st = state_for(handle)
     want = plan(handle)
     changed = 0
@@ -119,32 +128,40 @@ def activate(handle) -> int:
         comp, mod_name, pname = key
         param = getattr(st.modules[(comp, mod_name)], pname)
         if new is None:
-            param.copy_(st.originals.pop(key))  # bit-exact restore; the backup is freed
+            st.spare[key] = param.data  # kept for the next apply: no fresh pages to fault in
+            param.data = st.originals.pop(key)  # the original tensor itself: bit-exact
             del st.applied[key]
         else:
-            if key not in st.originals:
-                st.originals[key] = param.detach().clone()
-            _write(param, st.originals[key], new, pname)
+            if key in st.originals:
+                out = param.data  # a patched tensor of ours: overwrite it
+            else:
+                st.originals[key] = param.data
+                out = st.spare.pop(key, None)
+            param.data = _compute(st.originals[key], new, pname, out=out)
             st.applied[key] = new
         changed += 1
     return changed
 
 
-def _write(param: torch.Tensor, original: torch.Tensor, entries: tuple, pname: str) -> None:
-    """param <- original (+ each adapter in order), fp32 math, stored in param's dtype."""
+def _compute(original: torch.Tensor, entries: tuple, pname: str, out: torch.Tensor | None) -> torch.Tensor:
+    """original (+ each adapter in order), fp32 math, in original's dtype; into `out` if given."""
     if pname == "bias":
         acc = original.float()
         for a, s, rows in entries:
             acc = patched_bias(acc, a, s)
-        param.copy_(acc)
-        return
-    fp32 = param.dtype == torch.float32
-    acc = original if fp32 else original.float()
-    for i, (a, s, rows) in enumerate(entries):
-        last = i == len(entries) - 1
-        acc = patched_weight(acc, a, s, rows, out=param if (fp32 and last) else None)
-    if not fp32 or acc is not param:
-        param.copy_(acc)
+    else:
+        fp32 = original.dtype == torch.float32
+        acc = original if fp32 else original.float()
+        for i, (a, s, rows) in enumerate(entries):
+            last = i == len(entries) - 1
+            acc = patched_weight(acc, a, s, rows, out=out if (fp32 and last) else None)
+        if acc is out:
+            return out
+    acc = acc.to(original.dtype)
+    if out is not None:
+        out.copy_(acc)
+        return out
+    return acc if acc.data_ptr() != original.data_ptr() else acc.clone()
 
 
 def restore(handle) -> int:
@@ -153,8 +170,14 @@ def restore(handle) -> int:
     return activate(handle.with_patches(())) if st.applied else 0
 
 
+def release(handle) -> None:
+    """Restore the base weights and free every buffer the patcher holds for this model."""
+    restore(handle)
+    state_for(handle).spare.clear()
+
+
 def match_report(handle, raw: RawLora) -> Matched:
     return state_for(handle).matched(raw)
 
 
-__all__ = ["LoraPatch", "activate", "restore", "plan", "match_report", "state_for", "Target"]
+__all__ = ["LoraPatch", "activate", "restore", "release", "plan", "match_report", "state_for", "Target"]

@@ -314,7 +314,9 @@ def test_strength_zero_is_base_and_restore_is_bit_exact(sd1):
     assert _bits_equal(base, _snapshot(sd1)) != []
     patcher.restore(p1)
     assert _bits_equal(base, _snapshot(sd1)) == []
-    assert patcher.state_for(sd1).originals == {}  # backups freed after a full restore
+    assert patcher.state_for(sd1).originals == {}  # nothing held back after a full restore
+    patcher.release(p1)
+    assert patcher.state_for(sd1).spare == {}
 
 
 def test_random_switches_stay_bit_exact():

@@ -1,0 +1,202 @@
+"""Benchmark: applying, switching and restoring a LoRA on a full-size SD 1.5 UNet.
+
+Side by side in one run, on the same weights:
+  - LoRA Lab's patcher (activate / switch / restore),
+  - diffusers' load_lora_weights + fuse_lora, and unfuse_lora (+ unload),
+  - the memory-traffic floor: bytes of the touched weights read and written once, divided by
+    the copy bandwidth measured here (dst.copy_(src) on a large fp32 tensor).
+
+Two cases: a rank-32 kohya LoRA on every attention layer (to_q/k/v/out of attn1 and attn2,
+128 layers), and the same plus the feed-forward layers. The UNet has the real SD 1.5
+configuration and random fp32 weights built in memory (nothing is downloaded).
+
+Run:  python bench/lora_apply.py [--repeats 3] [--cases attn,attn_ff]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4,
+    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    block_out_channels=[320, 640, 1280, 1280], layers_per_block=2, cross_attention_dim=768,
+    attention_head_dim=8,
+)
+ATTN = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+        "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+FF = ("ff.net.0.proj", "ff.net.2")
+
+
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET)
+    unet = unet.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.normal_(0, 0.02, generator=g)
+    return unet.eval().requires_grad_(False)
+
+
+def kohya_lora(unet, suffixes, rank=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, mod in unet.named_modules():
+        if name.endswith(suffixes):
+            base = "lora_unet_" + name.replace(".", "_")
+            sd[base + ".lora_down.weight"] = torch.randn(rank, mod.weight.shape[1], generator=g) * 0.01
+            sd[base + ".lora_up.weight"] = torch.randn(mod.weight.shape[0], rank, generator=g) * 0.01
+            sd[base + ".alpha"] = torch.tensor(16.0)
+    return sd
+
+
+def touched_bytes(unet, suffixes):
+    return sum(m.weight.numel() * m.weight.element_size() for n, m in unet.named_modules() if n.endswith(suffixes))
+
+
+def copy_bandwidth(n_bytes=1 << 30, repeats=5):
+    """Bytes copied per second by dst.copy_(src) (each byte read once and written once)."""
+    src = torch.randn(n_bytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t)
+    return n_bytes / min(times)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_ours(unet, files, repeats):
+    from lora_lab.nodes import patcher
+    from lora_lab.nodes.handle import ModelHandle
+    from lora_lab.nodes.lora_formats import read_lora
+
+    te = _tiny_te()
+    base = ModelHandle("sd1", "epsilon", unet, None, (te,), (None,), source="bench")
+    t_index = timed(lambda: patcher.state_for(base))
+    raws = [read_lora(f) for f in files]
+    a = base.with_patches((patcher.LoraPatch("a", raws[0], 1.0, 1.0),))
+    b = base.with_patches((patcher.LoraPatch("b", raws[1], 1.0, 1.0),))
+    patcher.activate(a)  # warm-up: key matching is cached per file
+    patcher.activate(b)
+    patcher.restore(base)
+    st = patcher.state_for(base)
+    apply_t, switch_t, restore_t, extra = [], [], [], 0
+    for _ in range(repeats):
+        apply_t.append(timed(lambda: patcher.activate(a)))
+        extra = max(extra, sum(v.numel() * v.element_size() for v in st.originals.values()))
+        switch_t.append(timed(lambda: patcher.activate(b)))
+        restore_t.append(timed(lambda: patcher.restore(base)))
+    return dict(index=t_index, apply=statistics.median(apply_t), switch=statistics.median(switch_t),
+                restore=statistics.median(restore_t), extra_bytes=extra)
+
+
+def _tiny_te():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=1))
+
+
+def bench_diffusers(unet, sds, repeats):
+    """load_lora_weights + fuse_lora; switch = unfuse + unload + load + fuse; restore = unfuse + unload."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    from lora_lab.nodes.prompt import load_tokenizer
+
+    tok = load_tokenizer("clip_l")
+    assert isinstance(tok, CLIPTokenizer)
+    vae = AutoencoderKL(block_out_channels=[32], down_block_types=["DownEncoderBlock2D"],
+                        up_block_types=["UpDecoderBlock2D"], latent_channels=4)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=_tiny_te(), tokenizer=tok, unet=unet,
+                                   scheduler=EulerDiscreteScheduler(steps_offset=1), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+
+    def load_fuse(sd):
+        pipe.load_lora_weights(copy.copy(sd), adapter_name="x")
+        pipe.fuse_lora(components=["unet"], lora_scale=1.0)
+
+    def unfuse_unload():
+        pipe.unfuse_lora(components=["unet"])
+        pipe.unload_lora_weights()
+
+    apply_t, switch_t, restore_t = [], [], []
+    for _ in range(repeats):
+        apply_t.append(timed(lambda: load_fuse(sds[0])))
+        switch_t.append(timed(lambda: (unfuse_unload(), load_fuse(sds[1]))))
+        restore_t.append(timed(unfuse_unload))
+    return dict(apply=statistics.median(apply_t), switch=statistics.median(switch_t),
+                restore=statistics.median(restore_t))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cases", default="attn,attn_ff")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from safetensors.torch import save_file
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    t = time.perf_counter()
+    unet = build_unet()
+    print(f"SD 1.5 UNet built in memory ({sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M params, fp32) "
+          f"in {time.perf_counter() - t:.1f}s")
+    bw = copy_bandwidth()
+    print(f"copy bandwidth: {bw / 1e9:.2f} GB/s (bytes copied per second)")
+    cases = {"attn": ATTN, "attn_ff": ATTN + FF}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in args.cases.split(","):
+            suffixes = cases[case]
+            sds = [kohya_lora(unet, suffixes, seed=s) for s in (1, 2)]
+            files = []
+            for i, sd in enumerate(sds):
+                f = Path(tmp) / f"{case}_{i}.safetensors"
+                save_file(sd, f)
+                files.append(f)
+            touched = touched_bytes(unet, suffixes)
+            floor = touched / bw  # read + write each touched byte once == one copy of them
+            ours = bench_ours(unet, files, args.repeats)
+            gc.collect()
+            theirs = bench_diffusers(unet, sds, args.repeats)
+            gc.collect()
+            rows.append((case, touched, floor, ours, theirs))
+    print()
+    print("| case | touched | floor | ours apply | ours switch | ours restore | diffusers load+fuse | "
+          "diffusers switch | diffusers unfuse+unload | apply / floor | diffusers / ours (apply) | "
+          "extra memory / touched |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for case, touched, floor, o, d in rows:
+        print(f"| {case} | {touched / 2**20:.0f} MiB | {floor * 1e3:.1f} ms | {o['apply'] * 1e3:.1f} ms | "
+              f"{o['switch'] * 1e3:.1f} ms | {o['restore'] * 1e3:.2f} ms | {d['apply'] * 1e3:.0f} ms | "
+              f"{d['switch'] * 1e3:.0f} ms | {d['restore'] * 1e3:.0f} ms | {o['apply'] / floor:.2f}x | "
+              f"{d['apply'] / o['apply']:.1f}x | {o['extra_bytes'] / touched:.2f} |")
+    print(f"\n(one-time key index for the model: {rows[0][3]['index'] * 1e3:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()
