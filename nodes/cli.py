@@ -327,8 +327,21 @@ def cmd_run(args, registry: dict | None = None, out=None, err=None) -> int:
 # ---------------------------------------------------------------------------------------------
 # entry point
 
+def _lazy(module: str, name: str):
+    """A subcommand function imported only when its subcommand is used."""
+
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args, **kwargs)
+
+    return call
+
+
 SUBCOMMANDS = {
     "run": ("run workflow graphs headless (API/UI JSON, PNG, folders)", add_run_arguments, cmd_run),
+    # Other areas: each module has add_arguments(parser) and main(args) -> exit code.
+    # "merge": ("bake a LoRA stack into a checkpoint", _lazy("cli_merge", "add_arguments"), _lazy("cli_merge", "main")),
 }
 
 

@@ -232,3 +232,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoraLabLoraLoader": "Load LoRA (LoRA Lab)",
     "LoraLabLoraStack": "Stack LoRAs (LoRA Lab)",
 }
+
+# Nodes of the other areas live in their own modules (each as thin as these).
+from . import nodes_merge, nodes_sweep, nodes_train  # noqa: E402
+
+for _area in (nodes_merge, nodes_train, nodes_sweep):
+    NODE_CLASS_MAPPINGS.update(_area.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_area.NODE_DISPLAY_NAME_MAPPINGS)
