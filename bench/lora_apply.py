@@ -79,6 +79,14 @@ def copy_bandwidth(n_bytes=1 << 30, repeats=5):
     return n_bytes / min(times)
 
 
+def matmul_flops(n=2048, repeats=5):
+    """fp32 FLOP/s of a large square matmul here: the compute ceiling for ΔW = up @ down."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
 def timed(fn):
     t = time.perf_counter()
     fn()
@@ -166,7 +174,9 @@ def main(argv=None):
     print(f"SD 1.5 UNet built in memory ({sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M params, fp32) "
           f"in {time.perf_counter() - t:.1f}s")
     bw = copy_bandwidth()
-    print(f"copy bandwidth: {bw / 1e9:.2f} GB/s (bytes copied per second)")
+    flops = matmul_flops()
+    print(f"copy bandwidth: {bw / 1e9:.2f} GB/s (bytes copied per second); "
+          f"fp32 matmul: {flops / 1e9:.0f} GFLOP/s")
     cases = {"attn": ATTN, "attn_ff": ATTN + FF}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,22 +190,25 @@ def main(argv=None):
                 files.append(f)
             touched = touched_bytes(unet, suffixes)
             floor = touched / bw  # read + write each touched byte once == one copy of them
+            # ΔW = up @ down costs 2·rank FLOPs per weight element (rank 32)
+            compute_floor = 2 * 32 * (touched / 4) / flops
             ours = bench_ours(unet, files, args.repeats)
             gc.collect()
             theirs = bench_diffusers(unet, sds, args.repeats)
             gc.collect()
-            rows.append((case, touched, floor, ours, theirs))
+            rows.append((case, touched, floor, compute_floor, ours, theirs))
     print()
-    print("| case | touched | floor | ours apply | ours switch | ours restore | diffusers load+fuse | "
-          "diffusers switch | diffusers unfuse+unload | apply / floor | diffusers / ours (apply) | "
-          "extra memory / touched |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for case, touched, floor, o, d in rows:
-        print(f"| {case} | {touched / 2**20:.0f} MiB | {floor * 1e3:.1f} ms | {o['apply'] * 1e3:.1f} ms | "
-              f"{o['switch'] * 1e3:.1f} ms | {o['restore'] * 1e3:.2f} ms | {d['apply'] * 1e3:.0f} ms | "
-              f"{d['switch'] * 1e3:.0f} ms | {d['restore'] * 1e3:.0f} ms | {o['apply'] / floor:.2f}x | "
+    print("| case | touched | memory floor | compute floor | ours apply | ours switch | ours restore | "
+          "diffusers load+fuse | diffusers switch | diffusers unfuse+unload | apply / memory floor | "
+          "apply / max(floors) | diffusers / ours (apply) | extra memory / touched |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for case, touched, floor, cfloor, o, d in rows:
+        print(f"| {case} | {touched / 2**20:.0f} MiB | {floor * 1e3:.1f} ms | {cfloor * 1e3:.1f} ms | "
+              f"{o['apply'] * 1e3:.1f} ms | {o['switch'] * 1e3:.1f} ms | {o['restore'] * 1e3:.2f} ms | "
+              f"{d['apply'] * 1e3:.0f} ms | {d['switch'] * 1e3:.0f} ms | {d['restore'] * 1e3:.0f} ms | "
+              f"{o['apply'] / floor:.2f}x | {o['apply'] / max(floor, cfloor):.2f}x | "
               f"{d['apply'] / o['apply']:.1f}x | {o['extra_bytes'] / touched:.2f} |")
-    print(f"\n(one-time key index for the model: {rows[0][3]['index'] * 1e3:.0f} ms)")
+    print(f"\n(one-time key index for the model: {rows[0][4]['index'] * 1e3:.0f} ms)")
 
 
 if __name__ == "__main__":

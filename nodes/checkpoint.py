@@ -211,7 +211,18 @@ def load_diffusers_folder(folder: str | os.PathLike, dtype=torch.float32, device
         prediction = json.loads(sched.read_text()).get("prediction_type", "epsilon")
     modules = [m.to(device).eval().requires_grad_(False) for m in (unet, vae, *encoders)]
     return ModelHandle(family, prediction, modules[0], modules[1], tuple(modules[2:]), tokenizers_for(family),
-                       source=str(folder))
+                       source=str(folder), text_layers_dropped=_dropped_layers(folder, family))
+
+
+def _dropped_layers(folder: Path, family: str) -> int:
+    """diffusers' SD 2.x text encoder keeps 23 of OpenCLIP-H's 24 layers (the penultimate
+    output is all SD 2.x uses). A folder may say otherwise in model_index.json."""
+    import json
+
+    index = json.loads((folder / "model_index.json").read_text())
+    if "lora_lab_text_layers_dropped" in index:
+        return int(index["lora_lab_text_layers_dropped"])
+    return 1 if family == "sd2" else 0
 
 
 class _LoadCache:

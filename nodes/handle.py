@@ -37,6 +37,9 @@ class ModelHandle:
     tokenizers: tuple
     source: str = ""
     patches: tuple = field(default=())
+    # diffusers' SD 2.x folders drop the text encoder's last layer (they only ever need the
+    # penultimate one); clip skip counts from the full tower, so it is shifted by this much.
+    text_layers_dropped: int = 0
 
     def __post_init__(self):
         if self.family not in FAMILIES:

@@ -217,6 +217,10 @@ def encode_prompt(handle, text: str, clip_skip: int | None = None) -> Conditioni
     if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
         raise ValueError(f"clip_skip must be an int >= 1 (1 = last layer), got {clip_skip!r}")
 
+    # A tower missing its last layer(s) (diffusers SD 2.x folders): layer -k of the full
+    # tower is layer -(k - dropped) of the one we have; skip 1 then means the true last layer,
+    # which is gone, and falls back to the last one present.
+    skip = max(1, skip - handle.text_layers_dropped)
     results = [_encode_tower(t, text, skip) for t in _towers(handle)]
     if len(results) == 1:
         return Conditioning(results[0][0], None)

@@ -205,3 +205,51 @@ def test_loaded_model_is_reused(tiny_checkpoints):
     a = checkpoint.load_checkpoint(tiny_checkpoints["sd1"])
     b = checkpoint.load_checkpoint(tiny_checkpoints["sd1"])
     assert a is b and checkpoint.LOAD_CACHE.loads == before + 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_diffusers_folder_loads(family, tiny_handles, tmp_path):
+    """A diffusers model folder (save_pretrained) loads offline to the same weights and family."""
+    from lora_lab.nodes.checkpoint import load_diffusers_folder
+
+    h = tiny_handles[family]
+    folder = write_diffusers_config_folder(tmp_path / "model", h)
+    h.unet.save_pretrained(folder / "unet")
+    h.vae.save_pretrained(folder / "vae")
+    for name, enc in zip(["text_encoder", "text_encoder_2"], h.text_encoders):
+        enc.save_pretrained(folder / name)
+    loaded = load_diffusers_folder(folder)
+    assert loaded.family == family and loaded.prediction_type == "epsilon"
+    for (name, a), (_, b) in zip(_components(h), _components(loaded)):
+        assert state_dicts_equal(a, b) == [], name
+
+
+def test_diffusers_sd2_folder_clip_skip_counts_from_the_full_tower(tiny_handles, tmp_path):
+    """diffusers' SD 2.x folders drop the last text layer; the default (penultimate) encoding
+    of such a folder equals the single-file model's."""
+    import copy
+    import json
+
+    from lora_lab.nodes.checkpoint import load_diffusers_folder
+    from lora_lab.nodes.prompt import encode_prompt
+
+    h = tiny_handles["sd2"]
+    folder = write_diffusers_config_folder(tmp_path / "model", h)
+    h.unet.save_pretrained(folder / "unet")
+    h.vae.save_pretrained(folder / "vae")
+    te = copy.deepcopy(h.text_encoders[0])
+    layers = te.text_model.encoder.layers if hasattr(te, "text_model") else te.encoder.layers
+    del layers[-1]
+    te.config.num_hidden_layers -= 1
+    te.save_pretrained(folder / "text_encoder")
+    loaded = load_diffusers_folder(folder)
+    assert loaded.text_layers_dropped == 1
+    want = encode_prompt(h, "a cat").cond
+    assert torch.equal(encode_prompt(loaded, "a cat").cond, want)
+    # the true last layer is gone: clip skip 1 falls back to the last layer present
+    assert torch.equal(encode_prompt(loaded, "a cat", clip_skip=1).cond, want)
+    assert not torch.equal(encode_prompt(h, "a cat", clip_skip=1).cond, want)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["lora_lab_text_layers_dropped"] = 0
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert load_diffusers_folder(folder).text_layers_dropped == 0
