@@ -36,7 +36,7 @@ def _flat(name: str) -> str:
     return name.replace(".", "_")
 
 
-def _canonical_te_name(model, name: str) -> str:
+def canonical_te_name(model, name: str) -> str:
     """Module names of transformers-5 flattened CLIPTextModel get the `text_model.` prefix back."""
     if hasattr(model, "text_model") or name.startswith("text_model."):
         return name
@@ -87,7 +87,7 @@ class KeyIndex:
         for raw, mod in model.named_modules():
             if not isinstance(mod, LAYER_TYPES):
                 continue
-            name = _canonical_te_name(model, raw)
+            name = canonical_te_name(model, raw)
             t = Target(comp, name)
             short = name.removeprefix("text_model.")
             for p in flat_pre:

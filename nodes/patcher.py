@@ -19,7 +19,7 @@ import torch
 
 from .adapters import patched_bias, patched_weight
 from .lora_formats import Matched, RawLora, match
-from .lora_keys import KeyIndex, Target
+from .lora_keys import LAYER_TYPES, KeyIndex, Target, canonical_te_name
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,10 @@ class PatchState:
         comps = {"unet": handle.unet, "te1": handle.text_encoders[0]}
         if len(handle.text_encoders) > 1:
             comps["te2"] = handle.text_encoders[1]
-        from .lora_keys import LAYER_TYPES, _canonical_te_name
-
         for comp, model in comps.items():
             for raw_name, mod in model.named_modules():
                 if isinstance(mod, LAYER_TYPES):
-                    name = raw_name if comp == "unet" else _canonical_te_name(model, raw_name)
+                    name = raw_name if comp == "unet" else canonical_te_name(model, raw_name)
                     self.modules[(comp, name)] = mod
         self.originals: dict = {}  # (comp, module, "weight"|"bias") -> original tensor
         self.applied: dict = {}  # same key -> signature of what is applied
