@@ -1,10 +1,22 @@
 """LoRA Lab — ComfyUI entry point.
 
 Only the node mappings and the web directory are exported here; nothing heavy is imported
-or computed at import time (node classes import the core lazily when they run).
+or computed at import time (node classes import the core lazily when they run). Inside
+ComfyUI's server the `/lora_lab/...` routes of the editor extension are registered too.
 """
+import logging as _logging
+import sys as _sys
+
 from .nodes.node_defs import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 WEB_DIRECTORY = "./js"
+
+if "server" in _sys.modules:  # running inside ComfyUI: add the editor's routes (cheap, no I/O)
+    try:
+        from .nodes.server_routes import register_routes
+
+        register_routes()
+    except (ImportError, AttributeError) as _e:  # no aiohttp, or an unexpected PromptServer
+        _logging.getLogger(__name__).warning("LoRA Lab: editor routes not registered (%s)", _e)
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -59,8 +59,10 @@ def test_load_lora_node(loras, h):
     assert model.unet is h.unet  # base modules shared
     assert (model.patches[0].strength_unet, model.patches[0].strength_text) == (0.8, 0.4)
     assert words == "mycat, sitting, grass"
+    from lora_lab.nodes.demo_lora import DEMO_LORA_NAMES
+
     assert LoraLabLoraLoader.INPUT_TYPES()["required"]["lora_name"][0] == [
-        "broken.safetensors", "cat.safetensors", "style/ink.safetensors", "xl.safetensors"]
+        "broken.safetensors", "cat.safetensors", "style/ink.safetensors", "xl.safetensors", *DEMO_LORA_NAMES]
 
 
 def test_stack_node_order_stack_input_and_triggers(loras, h):

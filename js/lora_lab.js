@@ -1,0 +1,100 @@
+// LoRA Lab's ComfyUI editor extension: registration only. The logic lives in ./lib (pure ES
+// modules, tested with `node --test js/tests/`) and the DOM in ./ui. Standard hooks and
+// standard/DOM widgets only: no canvas drawing, no overridden app or api methods.
+//
+//   Stack LoRAs     rows editor over its `loras` text (+ LoRA info and missing-file warning)
+//   Load LoRA       LoRA info (family, rank/alpha, trigger words, tags) + missing-file warning
+//   Strength Sweep  the same for its LoRA(s)
+//   Sample          warning for <lora:...> prompt tags naming files this machine lacks
+//   Train LoRA      live step / loss / ETA, and the loss chart at the end
+
+import { api } from "../../scripts/api.js";
+import { app } from "../../scripts/app.js";
+import { addProgress } from "./lib/train_progress.mjs";
+import { createCatalog } from "./ui/catalog.mjs";
+import { findWidget, injectStyles } from "./ui/dom.mjs";
+import { attachLoraPanel } from "./ui/lora_panel.mjs";
+import { attachStackEditor } from "./ui/stack_editor.mjs";
+import { attachTrainMonitor } from "./ui/train_monitor.mjs";
+
+const TRAIN_EVENT = "lora_lab.train_progress";
+const catalog = createCatalog(api);
+const runs = new Map(); // node id -> training state
+const controls = new WeakMap(); // node -> {panel, editor, monitor}
+
+function afterChange(widget, fn) {
+  if (!widget) return;
+  const previous = widget.callback;
+  widget.callback = function (...args) {
+    const r = previous?.apply(this, args);
+    fn();
+    return r;
+  };
+}
+
+function setupNode(node) {
+  const type = node.comfyClass;
+  if (!type?.startsWith("LoraLab")) return;
+  const c = {};
+  if (type === "LoraLabLoraLoader" || type === "LoraLabStrengthSweep") {
+    c.panel = attachLoraPanel(node, catalog, { focusName: () => findWidget(node, "lora_name")?.value ?? null });
+    for (const name of ["lora_name", "lora2_name", "axis2"]) afterChange(findWidget(node, name), () => c.panel.refresh());
+  } else if (type === "LoraLabLoraStack") {
+    c.editor = attachStackEditor(node, catalog, () => c.panel);
+    c.panel = attachLoraPanel(node, catalog, { focusName: () => c.editor?.focusName() ?? null });
+  } else if (type === "LoraLabSampler") {
+    c.panel = attachLoraPanel(node, catalog, { warningsOnly: true });
+    afterChange(findWidget(node, "prompt"), () => c.panel.refresh()); // typing runs the callback too
+  } else if (type.startsWith("LoraLabTrain")) {
+    c.monitor = attachTrainMonitor(node);
+    const previous = node.onExecuted;
+    node.onExecuted = function (output) { // a trainer may also return its losses as ui.loss
+      previous?.apply(this, arguments);
+      const loss = output?.loss;
+      if (Array.isArray(loss) && loss.length) {
+        let s = null;
+        loss.forEach((l, i) => { s = addProgress(s, { step: i + 1, total: loss.length, loss: Number(l), eta: 0 }); });
+        runs.set(String(node.id), s);
+        c.monitor.update(s);
+      }
+    };
+  }
+  controls.set(node, c);
+  c.panel?.refresh();
+}
+
+function onTrainProgress({ detail }) {
+  if (!detail || detail.node == null) return;
+  const id = String(detail.node);
+  const state = addProgress(runs.get(id), detail);
+  runs.set(id, state);
+  const node = app.graph?.getNodeById(Number(id)) ?? app.graph?.getNodeById(id);
+  if (!node) return; // e.g. inside a subgraph
+  let c = controls.get(node);
+  if (!c) controls.set(node, (c = {}));
+  c.monitor ??= attachTrainMonitor(node); // any node that reports progress gets the monitor
+  c.monitor.update(state);
+}
+
+app.registerExtension({
+  name: "LoraLab.NodeEditor",
+  async setup() {
+    injectStyles();
+    api.addEventListener(TRAIN_EVENT, onTrainProgress);
+    await catalog.refresh();
+  },
+  nodeCreated(node) {
+    setupNode(node);
+  },
+  loadedGraphNode(node) {
+    const c = controls.get(node);
+    c?.editor?.sync(true);
+    c?.panel?.refresh();
+  },
+  async afterConfigureGraph() {
+    await catalog.refresh(); // a shared workflow: check its LoRAs against this machine's files
+  },
+  async refreshComboInNodes() {
+    await catalog.refresh();
+  },
+});
