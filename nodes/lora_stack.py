@@ -71,6 +71,9 @@ def strip_prompt_loras(prompt: str) -> tuple[str, list[StackEntry]]:
 
 def resolve_lora(name: str) -> Path:
     """A LoRA name, with or without its extension, inside the loras folder."""
+    from .demo_lora import ensure_if_demo
+
+    ensure_if_demo(name)  # the example workflows' demo LoRAs are written on first use
     try:
         return resolve("loras", name)
     except LoraLabError as first:

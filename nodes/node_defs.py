@@ -134,9 +134,10 @@ class LoraLabSaveImage:
 
 
 def _lora_names():
+    from .demo_lora import with_demo_names
     from .paths import LORA_EXTENSIONS, list_names
 
-    return list_names("loras", LORA_EXTENSIONS)
+    return with_demo_names(list_names("loras", LORA_EXTENSIONS))  # demo LoRAs are written on first use
 
 
 _STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}

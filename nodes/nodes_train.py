@@ -74,9 +74,12 @@ class LoraLabTrainLora:
                 "overwrite": _adv("BOOLEAN", default=False),
                 "training_comment": _adv("STRING", default=""),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def train(self, model, **kwargs):
+    def train(self, model, unique_id=None, **kwargs):
+        from . import paths
+        from .demo_lora import DEMO_DATASET, ensure_demo_dataset
         from .errors import NodeInputError
         from .handle import ModelHandle
         from .progress import Progress
@@ -86,10 +89,35 @@ class LoraLabTrainLora:
 
         if not isinstance(model, ModelHandle):
             raise NodeInputError(NODE, "model", type(model).__name__, "expected a LoRA Lab model")
+        if kwargs.get("dataset_dir") == DEMO_DATASET:  # the example workflow's tiny dataset
+            kwargs["dataset_dir"] = str(ensure_demo_dataset(paths.models_dir() / "datasets" / DEMO_DATASET))
         cfg = TrainConfig(**kwargs)
         with Progress(cfg.steps, desc="train") as bar:
-            result = train_lora(model, cfg, progress=bar)
+            result = train_lora(model, cfg, progress=_EditorProgress(bar, unique_id, cfg.steps))
         return (result.handle, result.lora_name, loss_curve_image(list(result.losses)))
+
+
+class _EditorProgress:
+    """The node's progress bar, also reporting step, loss and ETA to the editor (in ComfyUI)."""
+
+    def __init__(self, bar, node_id, total: int):
+        import time
+
+        self.bar, self.node_id, self.total = bar, node_id, total
+        self.step, self.loss, self.t0 = 0, None, time.monotonic()
+
+    def note_loss(self, loss: float) -> None:
+        self.loss = loss
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        from .server_routes import report_train_progress
+
+        self.bar.update(n)
+        self.step += n
+        rate = self.step / max(time.monotonic() - self.t0, 1e-9)
+        report_train_progress(self.node_id, self.step, self.total, self.loss, (self.total - self.step) / rate)
 
 
 NODE_CLASS_MAPPINGS: dict = {"LoraLabTrainLora": LoraLabTrainLora}

@@ -262,6 +262,9 @@ def _train(handle, cfg, dataset, name, final_path, resume, progress) -> TrainRes
                 if cfg.sample_every and step % cfg.sample_every == 0 and rt.is_main:
                     _sample(handle, cfg, step)
                 if progress is not None:
+                    note = getattr(progress, "note_loss", None)  # the editor's live loss, when shown
+                    if note is not None:
+                        note(float(total))
                     progress.update(1)  # raises on ComfyUI's Cancel
                 else:
                     check_interrupt()
