@@ -340,8 +340,12 @@ def _lazy(module: str, name: str):
 
 SUBCOMMANDS = {
     "run": ("run workflow graphs headless (API/UI JSON, PNG, folders)", add_run_arguments, cmd_run),
+    "train": ("train a LoRA on a folder of images (kohya format)", _lazy("cli_train", "add_arguments"), _lazy("cli_train", "main")),
     # Other areas: each module has add_arguments(parser) and main(args) -> exit code.
-    # "merge": ("bake a LoRA stack into a checkpoint", _lazy("cli_merge", "add_arguments"), _lazy("cli_merge", "main")),
+    "merge": ("bake LoRAs into a checkpoint (streamed, atomic)", _lazy("cli_merge", "add_arguments"),
+              _lazy("cli_merge", "main")),
+    "lora": ("LoRA file tools: merge, resize, extract, save", _lazy("cli_merge", "add_lora_arguments"),
+             _lazy("cli_merge", "main_lora")),
 }
 
 
