@@ -122,7 +122,7 @@ def addnet_hashes(sd: dict, metadata: dict) -> tuple[str, str]:
 
 def save_lora(lset: LoraSet, dest: Destination, dtype: str = "fp16") -> Path:
     """Write `lset` as a kohya LoRA file at `dest` (atomically); returns the path."""
-    from safetensors.torch import save_file
+    from .safetensors_io import write_safetensors
 
     if dtype not in SAVE_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {tuple(SAVE_DTYPES)}")
@@ -134,7 +134,7 @@ def save_lora(lset: LoraSet, dest: Destination, dtype: str = "fp16") -> Path:
     meta = lora_metadata(lset, title)
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = addnet_hashes(sd, meta)
     with dest.writing(".safetensors") as tmp:
-        save_file(sd, str(tmp), metadata=meta)
+        write_safetensors(sd, tmp, meta)
     return dest.path
 
 

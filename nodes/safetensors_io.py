@@ -160,11 +160,21 @@ def atomic_write(target: str | os.PathLike, overwrite: bool = False):
         raise
 
 
-def save_safetensors(tensors: dict, target, metadata: dict | None = None, overwrite: bool = False) -> Path:
-    """Write `tensors` atomically (contiguous CPU copies made per tensor as needed)."""
-    from safetensors.torch import save_file
+def write_safetensors(tensors: dict, path, metadata: dict | None = None) -> None:
+    """Write a safetensors file deterministically: same tensors and metadata, same bytes.
 
+    (safetensors' own writer emits the metadata map in a random order.) The layout is the
+    one safetensors writes — tensors by dtype, widest first, then by name — so hashes of the
+    data section (kohya's sshs_model_hash) are the same either way.
+    """
+    from .merge_stream import state_dict_items, write_stream
+
+    meta = {str(k): str(v) for k, v in sorted((metadata or {}).items())}
+    write_stream(path, state_dict_items(tensors, None), meta or None)
+
+
+def save_safetensors(tensors: dict, target, metadata: dict | None = None, overwrite: bool = False) -> Path:
+    """Write `tensors` atomically and deterministically (see write_safetensors)."""
     with atomic_write(target, overwrite=overwrite) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+        write_safetensors(tensors, tmp, metadata)
     return Path(target)

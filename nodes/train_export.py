@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import struct
 import time
 from pathlib import Path
 
@@ -42,16 +41,6 @@ def legacy_file_hash(path) -> str:
             return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         return "NOFILE"
-
-
-def addnet_hashes(sd: dict, metadata: dict) -> tuple[str, str]:
-    """(sshs_model_hash, sshs_legacy_hash) of `sd` with the ss_* part of `metadata`."""
-    from safetensors.torch import save
-
-    data = save(sd, {k: str(v) for k, v in metadata.items() if k.startswith("ss_")})
-    (n,) = struct.unpack("<Q", data[:8])
-    view = memoryview(data)
-    return hashlib.sha256(view[8 + n:]).hexdigest(), hashlib.sha256(view[0x100000:0x110000]).hexdigest()[:8]
 
 
 def bucket_info(dataset) -> dict:
@@ -135,17 +124,17 @@ def modelspec(cfg, handle, title: str) -> dict:
 def write_lora(path: Path, network, cfg, handle, dataset, run: dict, step: int, epoch: int,
                overwrite: bool = False) -> Path:
     """Write the network as a kohya LoRA file at `path` (atomically) with the full metadata."""
-    from safetensors.torch import save_file
-
-    from .safetensors_io import atomic_write
+    from .lora_save import addnet_hashes
+    from .safetensors_io import atomic_write, write_safetensors
 
     sd = network.kohya_state_dict(SAVE_DTYPES[cfg.save_dtype])
     meta = training_metadata(cfg, handle, dataset, run)
     meta.update({"ss_training_finished_at": str(time.time()), "ss_steps": str(step), "ss_epoch": str(epoch)})
     meta.update(modelspec(cfg, handle, Path(path).stem))
+    meta = {k: str(v) for k, v in meta.items()}
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = addnet_hashes(sd, meta)
     with atomic_write(path, overwrite=overwrite) as tmp:
-        save_file(sd, str(tmp), metadata=meta)
+        write_safetensors(sd, tmp, meta)
     return Path(path)
 
 

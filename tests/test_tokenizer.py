@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import zipfile
-from pathlib import Path
 
 import pytest
 
