@@ -15,6 +15,21 @@ from lora_lab.nodes.handle import ModelHandle
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 FAMILIES = ("sd1", "sd2", "sdxl")
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load_fake_nodes():
+    """tests/fixtures/fake_nodes.py as a module (tests/ is not a package), loaded once."""
+    import importlib.util
+    import sys
+
+    name = "lora_lab_test_fake_nodes"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, FIXTURES / "fake_nodes.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def make_handle(family: str, seed: int = 0, prediction_type: str = "epsilon") -> ModelHandle:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import signal
 import subprocess
@@ -11,23 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_fake_nodes
 
 from lora_lab.nodes.cli import SUBCOMMANDS, main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _load_fakes():
-    name = "lora_lab_test_fake_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, FIXTURES / "fake_nodes.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fakes = _load_fakes()
+fakes = load_fake_nodes()
 REG = fakes.NODE_CLASS_MAPPINGS
 API = json.loads((FIXTURES / "api_basic.json").read_text())
 

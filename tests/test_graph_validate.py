@@ -1,29 +1,18 @@
 """Whole-graph validation: every error kind, each naming node id, title, input and value."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_fake_nodes
 
 from lora_lab.nodes.graph_validate import GraphValidationError, types_compatible, validate_graph
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _load_fakes():
-    name = "lora_lab_test_fake_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, FIXTURES / "fake_nodes.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fakes = _load_fakes()
+fakes = load_fake_nodes()
 REG = fakes.NODE_CLASS_MAPPINGS
 
 

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_fake_nodes
 
 from lora_lab.nodes.errors import NodeInputError
 from lora_lab.nodes.workflow import (
@@ -19,17 +18,7 @@ from lora_lab.nodes.workflow_ui import ui_to_api, widget_specs, widget_values
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _load_fakes():
-    name = "lora_lab_test_fake_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, FIXTURES / "fake_nodes.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fakes = _load_fakes()
+fakes = load_fake_nodes()
 REG = fakes.NODE_CLASS_MAPPINGS
 NAMES = fakes.NODE_DISPLAY_NAME_MAPPINGS
 M = "LORA_LAB_MODEL"
