@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -17,38 +16,8 @@ import numpy as np
 import torch
 
 from .errors import NodeInputError
+from .merge_dest import next_counter, split_prefix
 from .paths import output_dir
-
-_COUNTER = re.compile(r"^(?P<stem>.+)_(?P<n>\d{5})_\.png$")
-
-
-def _split_prefix(prefix: str, node: str) -> tuple[Path, str]:
-    """'sub/dir/name' -> (output/sub/dir, 'name'), refusing names that leave the output folder."""
-    prefix = (prefix or "").replace("\\", "/").strip()
-    if not prefix or prefix.endswith("/"):
-        raise NodeInputError(node, "filename_prefix", prefix, "needs a file name part")
-    parts = prefix.split("/")
-    if prefix.startswith("/") or ".." in parts or (len(prefix) > 1 and prefix[1] == ":"):
-        raise NodeInputError(node, "filename_prefix", prefix, "must stay inside the output folder")
-    root = output_dir()
-    folder = (root.joinpath(*parts[:-1])).resolve()
-    try:
-        folder.relative_to(root.resolve())
-    except ValueError:
-        raise NodeInputError(node, "filename_prefix", prefix, "must stay inside the output folder") from None
-    return folder, parts[-1]
-
-
-def next_counter(folder: Path, stem: str) -> int:
-    """1 + the highest counter already used for `stem` in `folder` (ComfyUI's rule)."""
-    best = 0
-    if folder.is_dir():
-        for p in folder.iterdir():
-            m = _COUNTER.match(p.name)
-            if m and m.group("stem") == stem:
-                best = max(best, int(m.group("n")))
-    return best + 1
-
 
 def to_pil(image: torch.Tensor):
     """[H, W, C] float in 0..1 -> PIL image (ComfyUI's rounding: clip(255 * x))."""
@@ -79,11 +48,11 @@ def save_images(images: torch.Tensor, filename_prefix: str, prompt=None, extra_p
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise NodeInputError(node, "images", shape, "expected an IMAGE tensor [batch, height, width, channels]")
-    folder, stem = _split_prefix(filename_prefix, node)
+    folder, stem = split_prefix(filename_prefix, output_dir(), node)
     folder.mkdir(parents=True, exist_ok=True)
     info = png_info(prompt, extra_pnginfo, parameters)
     written = []
-    counter = next_counter(folder, stem)
+    counter = next_counter(folder, stem, ".png")
     for image in images:
         fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".png.tmp", dir=folder)
         os.close(fd)

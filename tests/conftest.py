@@ -32,6 +32,17 @@ def load_fake_nodes():
     return sys.modules[name]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one torch thread is as fast, and steadier on a shared machine (no OpenMP
+    wake-up stalls on every small op). Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_handle(family: str, seed: int = 0, prediction_type: str = "epsilon") -> ModelHandle:
     unet, vae, encoders = tiny_models.build_components(family, seed=seed)
     from lora_lab.nodes.checkpoint import tokenizers_for

@@ -26,14 +26,7 @@ from lora_lab.nodes.merge_dest import Destination
 from lora_lab.nodes.nodes_merge import LoraLabExtractLora, LoraLabMergeLoras, LoraLabResizeLora, LoraLabSaveLora
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one torch thread is as fast, and steadier on a shared machine (no OpenMP
-    wake-up stalls on every small op)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

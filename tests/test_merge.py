@@ -22,14 +22,7 @@ from lora_lab.nodes.nodes_merge import LoraLabMergeToCheckpoint
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one torch thread is as fast, and steadier on a shared machine (no OpenMP
-    wake-up stalls on every small op)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def openclip_lora(handle, comp_index: int, rank: int = 3, seed: int = 5) -> dict:
