@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import LoraLabError
-from .workflow_ui import spec_parts, combo_options
+from .workflow_widgets import combo_options, spec_parts
 
 HIDDEN_VALUES = ("PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID", "DYNPROMPT")
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LoraLabError, NodeInputError
-from .workflow_ui import WorkflowError, spec_parts, combo_options, ui_to_api, widget_kind
+from .workflow_ui import WorkflowError, ui_to_api
+from .workflow_widgets import combo_options, spec_parts, widget_kind
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from lora_lab.nodes.workflow import (
     Assignment, OverrideError, WorkflowError, apply_assignments, collect_graph_files, find_node, load_workflow,
     parse_assignment, parse_workflow,
 )
-from lora_lab.nodes.workflow_ui import ui_to_api, widget_specs, widget_values
+from lora_lab.nodes.workflow_ui import ui_to_api
+from lora_lab.nodes.workflow_widgets import widget_specs, widget_values
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

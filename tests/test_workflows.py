@@ -15,7 +15,7 @@ from lora_lab.nodes import demo, demo_lora
 from lora_lab.nodes.cli import main
 from lora_lab.nodes.node_defs import NODE_CLASS_MAPPINGS
 from lora_lab.nodes.workflow import load_workflow
-from lora_lab.nodes.workflow_ui import widget_specs, widget_values
+from lora_lab.nodes.workflow_widgets import widget_specs, widget_values
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
