@@ -142,6 +142,44 @@ def is_plain_lora(a: Adapter) -> bool:
     return a.kind == "lora" and "mid" not in a.tensors and a.dora_scale is None
 
 
+# Rows per block in plain_lora_chain: the fp32 scratch of one block stays in a CPU core's L2;
+# a GPU takes much larger blocks (each is a few kernel launches, its L2 is tens of MiB).
+CHAIN_BLOCK_BYTES = {"cpu": 1 << 20}
+CHAIN_BLOCK_BYTES_OTHER = 32 << 20
+
+
+def plain_lora_chain(w0: torch.Tensor, loras, out: torch.Tensor | None = None) -> torch.Tensor:
+    """w0 + each plain LoRA's s·scale·(up @ down), in order; fp32 math, stored in out's dtype.
+
+    loras: (adapter, strength) pairs, each `is_plain_lora`, all on w0's device.
+    For an fp16/bf16 weight (or a stack of several LoRAs) this goes row block by row block: a
+    block of w0 is widened into a small fp32 scratch, every LoRA's rows are added there (one
+    addmm each) and the block is narrowed into `out`. So each weight is read once and written
+    once, with no full-size fp32 temporaries, and the result equals the whole-tensor
+    computation: (w0.float() + ΔW1 + ΔW2 ...).to(dtype).
+    """
+    res = torch.empty_like(w0) if out is None else out
+    w2 = w0.reshape(w0.shape[0], -1)
+    r2 = res.view(w2.shape)
+    terms = [(a.tensors["up"].reshape(w2.shape[0], -1), a.tensors["down"].reshape(a.tensors["down"].shape[0], -1),
+              s * lora_scale(a)) for a, s in loras]
+    if w0.dtype == torch.float32 and len(terms) == 1:
+        up, down, alpha = terms[0]
+        return torch.addmm(w2, up, down, alpha=alpha, out=r2).view(w0.shape)
+    n, cols = w2.shape
+    block = CHAIN_BLOCK_BYTES.get(w0.device.type, CHAIN_BLOCK_BYTES_OTHER)
+    step = max(1, min(n, block // (4 * cols)))
+    scratch = torch.empty(step * cols, dtype=torch.float32, device=w0.device)
+    for i in range(0, n, step):
+        j = min(n, i + step)
+        acc = scratch[: (j - i) * cols].view(j - i, cols)
+        acc.copy_(w2[i:j])
+        for up, down, alpha in terms:
+            acc.addmm_(up[i:j], down, alpha=alpha)
+        r2[i:j].copy_(acc)
+    return res
+
+
 def patched_weight(w0: torch.Tensor, a: Adapter, strength: float, rows: tuple | None = None,
                    out: torch.Tensor | None = None) -> torch.Tensor:
     """The new weight (fp32) for base weight w0 (fp32) under adapter `a` at `strength`.

@@ -7,17 +7,20 @@ to each; switching stacks rewrites only the tensors whose adapters or strengths 
 every rewrite starts from the kept original, so A -> B gives exactly the weights B gives on
 the untouched base, and restoring copies the original back bit for bit.
 
-Math is fp32 (adapters.patched_weight); results are stored in the model's dtype.
+Math is fp32 (adapters.patched_weight); results are stored in the model's dtype. Adapter
+tensors are read to the CPU; for a model on another device (a GPU) they are moved there once
+and kept while their LoRA is applied.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import weakref
 from dataclasses import dataclass, field
 
 import torch
 
-from .adapters import patched_bias, patched_weight
+from .adapters import Adapter, is_plain_lora, patched_bias, patched_weight, plain_lora_chain
 from .lora_formats import Matched, RawLora, match
 from .lora_keys import LAYER_TYPES, KeyIndex, Target, canonical_te_name
 
@@ -56,6 +59,21 @@ class PatchState:
         # touched weights); release() frees them.
         self.spare: dict = {}
         self._matches: dict = {}  # id(raw) -> (raw, Matched)
+        self._on_device: dict = {}  # (id(adapter), device) -> (adapter, its copy on that device)
+
+    def on_device(self, a: Adapter, device: torch.device) -> Adapter:
+        """`a` with its tensors on `device` (a itself when they are there already)."""
+        if device.type == "cpu":
+            return a
+        hit = self._on_device.get((id(a), device))
+        if hit is None or hit[0] is not a:
+            hit = (a, adapter_to(a, device))
+            self._on_device[(id(a), device)] = hit
+        return hit[1]
+
+    def keep_on_device(self, live: set) -> None:
+        """Drop the device copies of adapters no longer applied (ids not in `live`)."""
+        self._on_device = {k: v for k, v in self._on_device.items() if k[0] in live}
 
     def matched(self, raw: RawLora) -> Matched:
         hit = self._matches.get(id(raw))
@@ -135,10 +153,23 @@ def activate(handle) -> int:
             else:
                 st.originals[key] = param.data
                 out = st.spare.pop(key, None)
-            param.data = _compute(st.originals[key], new, pname, out=out)
+            entries = tuple((st.on_device(a, param.device), s, rows) for a, s, rows in new)
+            param.data = _compute(st.originals[key], entries, pname, out=out)
             st.applied[key] = new
         changed += 1
+    if st._on_device:
+        st.keep_on_device({id(a) for entries in want.values() for a, _, _ in entries})
     return changed
+
+
+def adapter_to(a: Adapter, device: torch.device) -> Adapter:
+    """A copy of `a` with every tensor on `device`."""
+
+    def move(t):
+        return None if t is None else t.to(device)
+
+    return dataclasses.replace(a, tensors={k: move(v) for k, v in a.tensors.items()}, bias=move(a.bias),
+                               dora_scale=move(a.dora_scale))
 
 
 def _compute(original: torch.Tensor, entries: tuple, pname: str, out: torch.Tensor | None) -> torch.Tensor:
@@ -147,6 +178,9 @@ def _compute(original: torch.Tensor, entries: tuple, pname: str, out: torch.Tens
         acc = original.float()
         for a, s, rows in entries:
             acc = patched_bias(acc, a, s)
+    elif all(rows is None and is_plain_lora(a) for a, s, rows in entries):
+        # the common case: one row-blocked pass, fp32 math, written in the model's dtype
+        return plain_lora_chain(original, [(a, s) for a, s, _ in entries], out=out)
     else:
         fp32 = original.dtype == torch.float32
         acc = original if fp32 else original.float()
@@ -171,7 +205,9 @@ def restore(handle) -> int:
 def release(handle) -> None:
     """Restore the base weights and free every buffer the patcher holds for this model."""
     restore(handle)
-    state_for(handle).spare.clear()
+    st = state_for(handle)
+    st.spare.clear()
+    st._on_device.clear()
 
 
 def match_report(handle, raw: RawLora) -> Matched:

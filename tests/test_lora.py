@@ -423,3 +423,62 @@ def test_fp16_model_math_in_fp32():
     assert mod.weight.dtype == torch.float16 and torch.equal(mod.weight, want)
     patcher.restore(p)
     assert torch.equal(mod.weight, w0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_stack_goes_by_row_blocks(monkeypatch, dtype):
+    """fp16/bf16 weights: each row block is widened to fp32, every LoRA of the stack added, then
+    narrowed; with blocks of 3 rows the result is still (w0.float() + ΔW1 + ΔW2).to(dtype)."""
+    h = make_handle("sd1", seed=16)
+    h.unet.to(dtype)
+    monkeypatch.setitem(adapters.CHAIN_BLOCK_BYTES, "cpu", 3 * 4 * 64)  # 3 rows of a 64-wide weight
+    name, mod = _one_layer(h)
+    w0 = mod.weight.clone()
+    suffix = (name.split("transformer_blocks.0.")[1],)
+    sds = [kohya(h, rank=4, seed=s, with_te=False, unet_suffixes=suffix) for s in (1, 2)]
+    p = h.with_patches((_patch(sds[0], 0.8, name="a"), _patch(sds[1], -0.6, name="b")))
+    patcher.activate(p)
+    key = "lora_unet_" + name.replace(".", "_")
+    want = w0.float()
+    for sd, s in zip(sds, (0.8, -0.6)):
+        up, down = sd[key + ".lora_up.weight"], sd[key + ".lora_down.weight"]
+        want = want + s * float(sd[key + ".alpha"]) / down.shape[0] * (up @ down)
+    assert w0.shape[1] == 64 and mod.weight.dtype == dtype
+    eps = torch.finfo(dtype).eps  # at most one unit in the last place apart (fp32 sums may round differently)
+    torch.testing.assert_close(mod.weight.float(), want.to(dtype).float(), rtol=eps, atol=eps * 1e-3)
+    assert not torch.equal(mod.weight, w0)
+    patcher.restore(p)
+    assert torch.equal(mod.weight, w0)
+
+
+def test_lora_reaches_a_model_on_another_device():
+    """A model on a GPU: LoRA tensors are read to the CPU and must be moved to each weight's
+    device (once, while applied). The meta device stands in for a GPU here: any torch has it,
+    and mixing it with CPU tensors fails just as CUDA does."""
+    h = make_handle("sd1", seed=17)
+    for m in (h.unet, *h.text_encoders):
+        m.to("meta")
+    name, mod = _one_layer(h)
+    g = torch.Generator().manual_seed(3)
+    o = mod.weight.shape[0]
+    sd = kohya(h, rank=2, seed=1, unet_suffixes=("attn1.to_q", "ff.net.2"), te_suffixes=("q_proj",))
+    key = "lora_unet_" + name.replace(".", "_")
+    sd[key + ".dora_scale"] = torch.rand(o, 1, generator=g) + 0.5  # DoRA: the general path
+    out_key = "lora_unet_" + name.replace(".", "_").replace("to_q", "to_out_0")
+    sd[out_key + ".diff"] = torch.randn(o, o, generator=g)
+    sd[out_key + ".diff_b"] = torch.randn(o, generator=g)  # a bias delta
+    p = h.with_patches((_patch(sd, 0.7, 0.4),))
+    st = patcher.state_for(h)
+    before = {k: getattr(st.modules[k[:2]], k[2]).data for k in patcher.plan(p)}
+    assert len(before) > 5 and any(k[2] == "bias" for k in before) and any(k[0] == "te1" for k in before)
+    patcher.activate(p)
+    for k, t0 in before.items():
+        t = getattr(st.modules[k[:2]], k[2])
+        assert t.device.type == "meta" and t.shape == t0.shape and t.dtype == t0.dtype and t.data is not t0
+    assert st._on_device and all(dev.type == "meta" for _, dev in st._on_device)
+    patcher.activate(h.with_patches((_patch(kohya(h, rank=2, seed=2, unet_suffixes=("attn2.to_k",),
+                                                  with_te=False)),)))
+    held = {id(a) for a, _ in st._on_device.values()}
+    assert held and not held & {id(a) for e in patcher.plan(p).values() for a, _, _ in e}  # old copies dropped
+    patcher.release(p)
+    assert st._on_device == {} and st.originals == {} and st.applied == {}
