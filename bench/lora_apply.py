@@ -10,7 +10,10 @@ Two cases: a rank-32 kohya LoRA on every attention layer (to_q/k/v/out of attn1 
 128 layers), and the same plus the feed-forward layers. The UNet has the real SD 1.5
 configuration and random fp32 weights built in memory (nothing is downloaded).
 
-Run:  python bench/lora_apply.py [--repeats 3] [--cases attn,attn_ff]
+Run:  python bench/lora_apply.py [--repeats 3] [--cases attn,attn_ff] [--dtype float16] [--device cuda]
+
+--dtype float16/bfloat16 stores the UNet in half precision (the patcher's math stays fp32, so
+the floor halves while the compute does not); --device cuda runs everything on the GPU.
 """
 from __future__ import annotations
 
@@ -37,7 +40,10 @@ ATTN = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
 FF = ("ff.net.0.proj", "ff.net.2")
 
 
-def build_unet():
+DEVICE = torch.device("cpu")
+
+
+def build_unet(dtype=torch.float32, device="cpu"):
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
@@ -47,7 +53,7 @@ def build_unet():
     with torch.no_grad():
         for p in unet.parameters():
             p.normal_(0, 0.02, generator=g)
-    return unet.eval().requires_grad_(False)
+    return unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def kohya_lora(unet, suffixes, rank=32, seed=1):
@@ -66,9 +72,13 @@ def touched_bytes(unet, suffixes):
     return sum(m.weight.numel() * m.weight.element_size() for n, m in unet.named_modules() if n.endswith(suffixes))
 
 
+def touched_elements(unet, suffixes):
+    return sum(m.weight.numel() for n, m in unet.named_modules() if n.endswith(suffixes))
+
+
 def copy_bandwidth(n_bytes=1 << 30, repeats=5):
     """Bytes copied per second by dst.copy_(src) (each byte read once and written once)."""
-    src = torch.randn(n_bytes // 4)
+    src = torch.randn(n_bytes // 4, device=DEVICE)
     dst = torch.empty_like(src)
     dst.copy_(src)
     times = []
@@ -81,15 +91,22 @@ def copy_bandwidth(n_bytes=1 << 30, repeats=5):
 
 def matmul_flops(n=2048, repeats=5):
     """fp32 FLOP/s of a large square matmul here: the compute ceiling for ΔW = up @ down."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
     a @ b
     best = min(timed(lambda: a @ b) for _ in range(repeats))
     return 2 * n**3 / best
 
 
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def timed(fn):
+    _sync()
     t = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - t
 
 
@@ -162,7 +179,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", default="attn,attn_ff")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                    help="the UNet's storage dtype (the math stays fp32)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU run")
     args = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
     logging.basicConfig(level=logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,9 +193,9 @@ def main(argv=None):
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     t = time.perf_counter()
-    unet = build_unet()
-    print(f"SD 1.5 UNet built in memory ({sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M params, fp32) "
-          f"in {time.perf_counter() - t:.1f}s")
+    unet = build_unet(dtype, DEVICE)
+    print(f"SD 1.5 UNet built in memory ({sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M params, "
+          f"{args.dtype}, {DEVICE}) in {time.perf_counter() - t:.1f}s")
     bw = copy_bandwidth()
     flops = matmul_flops()
     print(f"copy bandwidth: {bw / 1e9:.2f} GB/s (bytes copied per second); "
@@ -191,12 +214,13 @@ def main(argv=None):
             touched = touched_bytes(unet, suffixes)
             floor = touched / bw  # read + write each touched byte once == one copy of them
             # ΔW = up @ down costs 2·rank FLOPs per weight element (rank 32)
-            compute_floor = 2 * 32 * (touched / 4) / flops
+            compute_floor = 2 * 32 * touched_elements(unet, suffixes) / flops
             ours = bench_ours(unet, files, args.repeats)
             gc.collect()
             theirs = bench_diffusers(unet, sds, args.repeats)
             gc.collect()
-            rows.append((case, touched, floor, compute_floor, ours, theirs))
+            label = case if args.dtype == "float32" else f"{case} {args.dtype}"
+            rows.append((label, touched, floor, compute_floor, ours, theirs))
     print()
     print("| case | touched | memory floor | compute floor | ours apply | ours switch | ours restore | "
           "diffusers load+fuse | diffusers switch | diffusers unfuse+unload | apply / memory floor | "
