@@ -131,6 +131,16 @@ def _assign(model, sd: dict, what: str, dtype, device):
     return model.eval().requires_grad_(False)
 
 
+def vae_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The VAE's dtype for a model loaded in `dtype`: fp16 becomes fp32.
+
+    SD VAEs (SDXL's above all: its config says force_upcast) overflow fp16's range inside the
+    decoder and give NaN, i.e. black images and NaN training latents. ComfyUI runs the VAE in
+    bf16 or fp32 only, as diffusers' pipelines upcast it; bf16 has fp32's range and stays.
+    """
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 def build_components(conv: Converted, dtype=torch.float32, device="cpu") -> dict:
     """diffusers / transformers modules holding the converted weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -145,7 +155,7 @@ def build_components(conv: Converted, dtype=torch.float32, device="cpu") -> dict
             encoders.append(cls(CLIPTextConfig(**cfg)))
     return {
         "unet": _assign(unet, conv.unet, "UNet", dtype, device),
-        "vae": _assign(vae, conv.vae, "VAE", dtype, device),
+        "vae": _assign(vae, conv.vae, "VAE", vae_dtype(dtype), device),
         "text_encoders": tuple(
             _assign(m, _fit_clip_keys(m, sd), f"text encoder {i + 1}", dtype, device)
             for i, (m, sd) in enumerate(zip(encoders, conv.text))
@@ -192,7 +202,7 @@ def load_diffusers_folder(folder: str | os.PathLike, dtype=torch.float32, device
     kw = dict(local_files_only=True, torch_dtype=dtype)
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **{**kw, "torch_dtype": vae_dtype(dtype)})
         te1 = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kw)
         encoders = [te1]
         if (folder / "text_encoder_2").is_dir():

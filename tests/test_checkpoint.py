@@ -253,3 +253,21 @@ def test_diffusers_sd2_folder_clip_skip_counts_from_the_full_tower(tiny_handles,
     index["lora_lab_text_layers_dropped"] = 0
     (folder / "model_index.json").write_text(json.dumps(index))
     assert load_diffusers_folder(folder).text_layers_dropped == 0
+
+
+@pytest.mark.parametrize("dtype, vae_dtype", [(torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                              (torch.float32, torch.float32)])
+def test_vae_is_never_fp16(dtype, vae_dtype, tiny_handles, tiny_checkpoints, tmp_path):
+    """A model loaded in fp16 (GPUs without bf16) keeps its VAE in fp32: SD VAEs overflow fp16
+    inside the decoder (NaN -> black images), so ComfyUI and diffusers never run them in fp16."""
+    from lora_lab.nodes.checkpoint import load_diffusers_folder
+
+    h = load_single_file(tiny_checkpoints["sdxl"], dtype=dtype)
+    assert next(h.unet.parameters()).dtype == dtype and next(h.text_encoders[1].parameters()).dtype == dtype
+    assert {p.dtype for p in h.vae.parameters()} == {vae_dtype}
+    folder = write_diffusers_config_folder(tmp_path / "model", tiny_handles["sd1"])
+    for name, m in (("unet", tiny_handles["sd1"].unet), ("vae", tiny_handles["sd1"].vae),
+                    ("text_encoder", tiny_handles["sd1"].text_encoders[0])):
+        m.save_pretrained(folder / name)
+    d = load_diffusers_folder(folder, dtype=dtype)
+    assert next(d.unet.parameters()).dtype == dtype and {p.dtype for p in d.vae.parameters()} == {vae_dtype}
