@@ -223,7 +223,7 @@ def _train(handle, cfg, dataset, name, final_path, resume, progress) -> TrainRes
             added = None
             if handle.family == "sdxl":
                 ids = torch.tensor([cache[i]["time_ids"] for i in idx], dtype=torch.float32, device=device)
-                added = {"text_embeds": pooled.to(device, unet_dtype), "time_ids": ids.to(unet_dtype)}
+                added = {"text_embeds": pooled.to(device, unet_dtype), "time_ids": ids}  # fp32, as in Sample
             pred = model(noisy.to(unet_dtype), t, encoder_hidden_states=cond.to(device, unet_dtype),
                          added_cond_kwargs=added, return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))

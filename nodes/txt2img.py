@@ -63,7 +63,8 @@ def _conditioning(handle, text: str, clip_skip: int | None, width: int, height: 
     added = None
     if handle.family == "sdxl":
         # (original h, w, crop top, crop left, target h, w): the latent's size, as ComfyUI defaults.
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=device)
+        # fp32 whatever the UNet's dtype: bf16 would round 667 to 668 (the UNet embeds them in fp32).
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=device)
         added = {"text_embeds": c.pooled.to(device, dtype), "time_ids": time_ids}
     return _Cond(c.cond.to(device, dtype), added)
 

@@ -67,3 +67,14 @@ def test_demo_checkpoint_is_deterministic(tmp_path):
     assert ensure_demo_checkpoint(tmp_path / "a") == a  # reused, not rewritten
     with paths.standalone_dirs(tmp_path / "m", tmp_path / "o"):
         assert ensure_demo_checkpoint().parent == (tmp_path / "m" / "checkpoints")
+
+
+def test_sdxl_size_conditioning_stays_fp32(tiny_handles):
+    """SDXL's (height, width, crop, target) ids go to the UNet in fp32 whatever its dtype: in
+    bf16 a 2056-pixel width would become 2048 (the UNet embeds them in fp32 anyway)."""
+    from lora_lab.nodes.txt2img import _conditioning
+
+    c = _conditioning(tiny_handles["sdxl"], "a lighthouse", None, 2056, 1024, "cpu", torch.bfloat16)
+    assert c.context.dtype == torch.bfloat16 and c.added["text_embeds"].dtype == torch.bfloat16
+    ids = c.added["time_ids"]
+    assert ids.dtype == torch.float32 and ids.tolist() == [[1024.0, 2056.0, 0.0, 0.0, 1024.0, 2056.0]]
