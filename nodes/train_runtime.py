@@ -120,6 +120,19 @@ class AccelerateRuntime(PlainRuntime):
         self.acc.wait_for_everyone()
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 are one device when 0 is the current one (accelerate says `cuda` for a
+    single process; a model's parameters always say `cuda:N`)."""
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        if a.type != "cuda":
+            return True
+        current = torch.cuda.current_device()
+        return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+    return a.index == b.index
+
+
 def make_runtime(device, mixed_precision: str, use_accelerate: bool = True):
     """accelerate's runtime when installed (and wanted, and its device is `device`), else plain."""
     device = torch.device(device)
@@ -127,7 +140,7 @@ def make_runtime(device, mixed_precision: str, use_accelerate: bool = True):
         raise NodeInputError(NODE, "mixed_precision", "fp16", "fp16 needs a GPU; use bf16 or no on the CPU")
     if use_accelerate and importlib.util.find_spec("accelerate") is not None:
         rt = AccelerateRuntime(mixed_precision, cpu=device.type == "cpu")
-        if rt.device.type == device.type and (device.index is None or rt.device == device):
+        if _same_device(rt.device, device):
             return rt
         log.info("%s: accelerate picked %s but the model is on %s; training there without it", NODE, rt.device, device)
     return PlainRuntime(device, mixed_precision)

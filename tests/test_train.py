@@ -369,3 +369,22 @@ def test_comfyui_lora_loader_matches_every_key(family, sd1, env):
     assert got["missing"] == []
     assert got["patches"] == len(read_lora(res.path).adapters)
     shutil.rmtree(tmp / "out", ignore_errors=True)
+
+
+def test_accelerate_is_used_on_a_single_gpu(monkeypatch):
+    """accelerate names a single GPU `cuda`; the model's parameters say `cuda:0`. That is the
+    same device, so the run goes through accelerate (it fell back to the plain runtime)."""
+    from lora_lab.nodes import train_runtime
+
+    class FakeAccelerate:
+        def __init__(self, mixed_precision, cpu):
+            self.device = torch.device("cpu" if cpu else "cuda")
+
+    monkeypatch.setattr(train_runtime, "AccelerateRuntime", FakeAccelerate)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert isinstance(train_runtime.make_runtime(torch.device("cuda:0"), "no"), FakeAccelerate)
+    assert isinstance(train_runtime.make_runtime(torch.device("cuda"), "no"), FakeAccelerate)
+    assert isinstance(train_runtime.make_runtime(torch.device("cpu"), "no"), FakeAccelerate)
+    assert not isinstance(train_runtime.make_runtime(torch.device("cuda:1"), "no"), FakeAccelerate)
+    assert not isinstance(train_runtime.make_runtime(torch.device("cuda:0"), "no", use_accelerate=False),
+                          FakeAccelerate)
