@@ -13,13 +13,14 @@ largest change is below min_diff is left out, as kohya does.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
 
 from .errors import LoraLabError
 from .lora_tools import LoraLayer, LoraSet, RankRule, layer_from_svd, product_svd
-from .merge import apply_entries
+from .merge import apply_entries, source_weights
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +69,36 @@ def extract_kind(comp: str, name: str, module) -> str | None:
     return None
 
 
-def _effective(st, want: dict, key: tuple) -> torch.Tensor:
-    """A weight as its handle sees it (the base plus that handle's LoRAs), fp32 on the CPU."""
+def _effective(st, want: dict, key: tuple, read=None) -> torch.Tensor:
+    """A weight as its handle sees it (the base plus that handle's LoRAs), fp32 on the CPU.
+
+    read: merge.source_weights' reader, for a model loaded below fp32 (or not loaded): the
+    base value then comes from the file in fp32, so bf16 rounding does not drown a
+    fine-tune's small differences."""
     param = getattr(st.modules[key[:2]], key[2])
-    if param.device.type == "meta":
+    if read is not None:
+        w = read(key)
+    elif param.device.type == "meta":
         raise LoraLabError("extracting needs both models' weights; load the checkpoints")
-    w = st.originals.get(key, param.data).detach().float().cpu()
+    else:
+        w = st.originals.get(key, param.data).detach().float().cpu()
     entries = want.get(key)
     return apply_entries(w, entries, key[2]) if entries else w
+
+
+@contextlib.contextmanager
+def _fp32_source(handle):
+    """source_weights' reader for a model held below fp32 (or not loaded), else None."""
+    p = next(handle.unet.parameters())
+    if p.device.type != "meta" and p.dtype == torch.float32:
+        yield None
+        return
+    with source_weights(handle) as read:
+        if read is None and p.device.type != "meta":
+            log.warning("%s is loaded in %s and its source cannot be read again in fp32: the extraction "
+                        "sees rounded weights (load both models in fp32 for an exact difference)",
+                        _label(handle), str(p.dtype).replace("torch.", ""))
+        yield read
 
 
 def extract_lora(base, tuned, rule: RankRule, min_diff: float = 0.01, use_conv: bool = False) -> LoraSet:
@@ -96,12 +119,13 @@ def extract_lora(base, tuned, rule: RankRule, min_diff: float = 0.01, use_conv: 
         if other is None or tuple(other.weight.shape) != tuple(mod.weight.shape):
             raise LoraLabError(f"the two models differ in layout at {comp} {name}")
         todo.append((comp, name, kind))
-    with torch.no_grad():
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        rb, rt = (stack.enter_context(_fp32_source(h)) for h in (base, tuned))
         biggest: dict = {}
         for comp, name, _ in todo:  # pass 1: how much each text encoder changed
             if comp != "unet":
                 key = (comp, name, "weight")
-                d = float((_effective(stt, wt, key) - _effective(sb, wb, key)).abs().max())
+                d = float((_effective(stt, wt, key, rt) - _effective(sb, wb, key, rb)).abs().max())
                 biggest[comp] = max(biggest.get(comp, 0.0), d)
         skipped = sorted(c for c, d in biggest.items() if d < min_diff)
         for comp in skipped:
@@ -112,7 +136,7 @@ def extract_lora(base, tuned, rule: RankRule, min_diff: float = 0.01, use_conv: 
             if comp in skipped:
                 continue
             key = (comp, name, "weight")
-            delta = _effective(stt, wt, key) - _effective(sb, wb, key)
+            delta = _effective(stt, wt, key, rt) - _effective(sb, wb, key, rb)
             wshape = tuple(delta.shape)
             u, s, vh = torch.linalg.svd(delta.reshape(wshape[0], -1), full_matrices=False)
             k = rule.pick(s, conv=(kind == "conv"))

@@ -254,6 +254,39 @@ def _stream_items(handle, reader: RawReader, dtype) -> tuple[list, list]:
     return items, dropped
 
 
+@contextlib.contextmanager
+def source_weights(handle: ModelHandle):
+    """Yields read(key) -> the unpatched value of parameter key = (component, module, name),
+    fp32, read from the handle's .safetensors source; or None when the source cannot be
+    streamed. Where the model was loaded below fp32 (a GPU's bf16/fp16) these are the exact
+    file values, not the rounded ones the modules hold."""
+    from .patcher import state_for
+
+    if not streamable(handle):
+        yield None
+        return
+    reader = RawReader(handle.source)
+    try:
+        st = state_for(handle)
+        slots = source_slots(handle.family, reader.shapes, dict(handle.unet.config))
+        _check_same_file(handle, reader, slots, st)
+        where = {sl.key: (key, sl) for key, sls in slots.items() for sl in sls}
+        mod_shapes = _module_shapes(st)
+
+        def read(pkey: tuple) -> torch.Tensor:
+            key, sl = where[pkey]
+            t = reader.read(key)
+            if sl.rows:
+                t = t[sl.rows[0]:sl.rows[1]]
+            if sl.transposed:
+                t = t.t()
+            return t.to(torch.float32, copy=True).reshape(mod_shapes[pkey])  # the ring buffer is reused
+
+        yield read
+    finally:
+        reader.close()
+
+
 def _module_items(handle, dtype) -> list:
     from .checkpoint_save import ldm_state_dict
     from .patcher import activate

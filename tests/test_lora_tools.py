@@ -292,3 +292,37 @@ def test_cli_lora_tools(sd1, tiny_checkpoints, tmp_path, capsys):
     assert cli.main(runs[1] + common) == 1 and "exists" in capsys.readouterr().err
     assert cli.main(["lora", "resize", "a", "--rank", "0", "-o", str(tmp_path / "z.safetensors")] + common) == 1
     assert not (tmp_path / "z.safetensors").exists()
+
+
+def test_extract_from_half_precision_loads_reads_the_files_in_fp32(tiny_checkpoints, tmp_path):
+    """On a GPU both models load in bf16/fp16, whose rounding drowns a fine-tune's small
+    differences; extraction then reads the unpatched weights from the .safetensors files in
+    fp32 and gives what it gives on fp32 loads. Skeleton handles (nothing loaded) work too."""
+    from lora_lab.nodes.checkpoint import load_single_file
+
+    base_path = tiny_checkpoints["sd1"]
+    base32 = load_single_file(base_path)
+    sd = kohya(base32, rank=4, seed=3, unet_suffixes=ATTN, with_te=False)
+    tuned_path = merge.merge_checkpoint(base32.with_patches((patcher.LoraPatch("t", parse_state_dict(sd, name="t")),)),
+                                        Destination(tmp_path / "tuned.safetensors"), progress=False)
+    tuned32 = load_single_file(tuned_path)
+    assert next(tuned32.unet.parameters()).dtype == torch.float32
+    ref = extract_lora(base32, tuned32, RankRule(8), min_diff=0.0)
+    lowered = [(load_single_file(base_path, dtype=dt), load_single_file(tuned_path, dtype=dt))
+               for dt in (torch.bfloat16, torch.float16)]
+    for b, t in lowered + [(merge.skeleton_handle(base_path), merge.skeleton_handle(tuned_path))]:
+        got = extract_lora(b, t, RankRule(8), min_diff=0.0)
+        assert got.layers.keys() == ref.layers.keys() and len(ref.layers) >= 8
+        for n, layer in ref.layers.items():
+            torch.testing.assert_close(got.layers[n].delta(), layer.delta(), rtol=1e-4, atol=1e-7)
+    # a handle whose source cannot be re-read falls back to its own (rounded) weights, with a warning
+    b, t = lowered[0]
+    rounded = extract_lora(b.with_patches(()), dataclass_replace(t, source=""), RankRule(8), min_diff=0.0)
+    err = max(float((rounded.layers[n].delta() - layer.delta()).abs().max()) for n, layer in ref.layers.items())
+    assert err > 1e-4 * max(float(layer.delta().abs().max()) for layer in ref.layers.values())
+
+
+def dataclass_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
