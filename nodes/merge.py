@@ -300,6 +300,39 @@ def _module_items(handle, dtype) -> list:
     return state_dict_items(sd, dtype)
 
 
+def _diffusers_source(handle: ModelHandle, torch_dtype):
+    """The handle and dtype the diffusers writer (which writes the modules) should use.
+
+    "same" is the source file's dtype, as in the single-file merge. A model held below fp32
+    (a GPU's bf16/fp16) or not loaded is loaded again in fp32 on the CPU from its
+    .safetensors source with the same stack, so the folder holds the file's exact values plus
+    the LoRAs, not bf16-rounded ones."""
+    if not streamable(handle):
+        return handle, torch_dtype
+    from collections import Counter
+
+    from .patcher import state_for
+
+    reader = RawReader(handle.source)
+    try:
+        floats = Counter(reader.dtype(k) for k in reader.shapes if reader.dtype(k).is_floating_point)
+        _check_same_file(handle, reader, source_slots(handle.family, reader.shapes, dict(handle.unet.config)),
+                         state_for(handle))
+    finally:
+        reader.close()
+    if torch_dtype is None and floats:
+        torch_dtype = floats.most_common(1)[0][0]
+    p = next(handle.unet.parameters())
+    if p.device.type == "meta" or p.dtype != torch.float32:
+        from .checkpoint import load_single_file
+
+        log.info("%s is held in %s: loading it again in fp32 for the diffusers folder", Path(handle.source).name,
+                 "no memory" if p.device.type == "meta" else str(p.dtype).replace("torch.", ""))
+        full = load_single_file(handle.source, dtype=torch.float32, device="cpu")
+        handle = full.with_patches(handle.patches)
+    return handle, torch_dtype
+
+
 def merge_checkpoint(handle: ModelHandle, dest: Destination, dtype: str = "same", fmt: str = "single-file",
                      prompt=None, extra_pnginfo: dict | None = None, progress: bool = True) -> Path:
     """Write base + handle's stack to `dest`; returns the written path."""
@@ -314,6 +347,7 @@ def merge_checkpoint(handle: ModelHandle, dest: Destination, dtype: str = "same"
     if fmt == "diffusers":
         from .merge_diffusers import write_diffusers
 
+        handle, torch_dtype = _diffusers_source(handle, torch_dtype)
         return write_diffusers(handle, dest, torch_dtype, lambda title: checkpoint_metadata(
             handle, title, None, prompt, extra_pnginfo))
     reader = RawReader(handle.source, ring=WRITE_DEPTH + 2) if streamable(handle) else None

@@ -342,3 +342,20 @@ def test_unchanged_tensors_copied_without_the_kernel_too(loaded, tmp_path, monke
     b = load_file(merge.merge_checkpoint(hp, Destination(tmp_path / "b.safetensors"), progress=False))
     for got in (a, b):
         assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_diffusers_format_from_a_bf16_load_holds_the_files_values(loaded, tiny_checkpoints, tmp_path):
+    """On a GPU the model is held in bf16; the diffusers folder must still hold the source
+    file's values plus the stack (loaded again in fp32), exactly as from an fp32 load, and
+    "same" is the file's dtype. A skeleton handle (nothing loaded) writes the folder too."""
+    hp = stack_for(loaded["sd1"])
+    want = patched_state(hp)
+    low = load_single_file(tiny_checkpoints["sd1"], dtype=torch.bfloat16)
+    assert next(low.unet.parameters()).dtype == torch.bfloat16
+    for i, h in enumerate((low, merge.skeleton_handle(tiny_checkpoints["sd1"]))):
+        out = merge.merge_checkpoint(h.with_patches(hp.patches), Destination(tmp_path / f"folder{i}"),
+                                     fmt="diffusers", progress=False)
+        got = state(load_diffusers_folder(out))
+        assert {v.dtype for v in got.values() if v.is_floating_point()} == {torch.float32}  # the file's
+        assert differing(want, got) == []
+    assert next(low.unet.parameters()).dtype == torch.bfloat16  # the caller's model is left as it was
