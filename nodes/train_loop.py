@@ -127,6 +127,17 @@ def _is_interrupt(e: BaseException) -> bool:
     return isinstance(e, (KeyboardInterrupt, InterruptedByUser)) or type(e).__name__ == "InterruptProcessingException"
 
 
+def runtime_precision(mixed_precision: str, unet) -> str:
+    """The runtime's mixed precision: "no" on a CUDA model held in fp16 (GPUs without bf16)
+    becomes "fp16", i.e. autocast plus a loss scaler, as kohya's full_fp16 needs: without
+    scaling, gradients through an fp16 UNet underflow."""
+    p = next(unet.parameters())
+    if mixed_precision == "no" and p.device.type == "cuda" and p.dtype == torch.float16:
+        log.warning("%s: the model is held in fp16; training with fp16 autocast and a loss scaler", NODE)
+        return "fp16"
+    return mixed_precision
+
+
 def train_lora(handle, cfg: TrainConfig, progress=None) -> TrainResult:
     """Train, write `<output_name>.safetensors` into the loras folder, return the result.
 
@@ -161,7 +172,7 @@ def _train(handle, cfg, dataset, name, final_path, resume, progress) -> TrainRes
 
     activate(handle)  # the shared modules hold base + the handle's own LoRAs: training builds on them
     make_autograd_ready(handle.unet, *(handle.text_encoders if cfg.train_text_encoder else ()))
-    rt = make_runtime(handle.unet.device, cfg.mixed_precision, cfg.use_accelerate)
+    rt = make_runtime(handle.unet.device, runtime_precision(cfg.mixed_precision, handle.unet), cfg.use_accelerate)
     device, unet_dtype = rt.device, next(handle.unet.parameters()).dtype
 
     cache = cache_latents(handle, dataset, device, _seed(cfg.seed, "latents"), progress=check_interrupt)

@@ -388,3 +388,21 @@ def test_accelerate_is_used_on_a_single_gpu(monkeypatch):
     assert not isinstance(train_runtime.make_runtime(torch.device("cuda:1"), "no"), FakeAccelerate)
     assert not isinstance(train_runtime.make_runtime(torch.device("cuda:0"), "no", use_accelerate=False),
                           FakeAccelerate)
+
+
+def test_fp16_gpu_model_trains_with_a_loss_scaler():
+    """mixed_precision "no" on a CUDA model held in fp16 (GPUs without bf16) runs as "fp16":
+    autocast plus GradScaler, as kohya's full_fp16; gradients through fp16 layers underflow
+    without scaling. Other precisions and devices are left as chosen."""
+    from types import SimpleNamespace
+
+    from lora_lab.nodes.train_loop import runtime_precision
+
+    def unet(device, dtype):
+        return SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device(device), dtype=dtype)]))
+
+    assert runtime_precision("no", unet("cuda", torch.float16)) == "fp16"
+    assert runtime_precision("no", unet("cuda", torch.bfloat16)) == "no"
+    assert runtime_precision("no", unet("cpu", torch.float16)) == "no"
+    assert runtime_precision("bf16", unet("cuda", torch.float16)) == "bf16"
+    assert runtime_precision("no", make_handle("sd1").unet) == "no"
