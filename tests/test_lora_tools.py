@@ -3,6 +3,7 @@ values; resize keeps the scale; extract then apply gives the tuned model; kohya 
 metadata and hashes; nodes and CLI."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -317,12 +318,6 @@ def test_extract_from_half_precision_loads_reads_the_files_in_fp32(tiny_checkpoi
             torch.testing.assert_close(got.layers[n].delta(), layer.delta(), rtol=1e-4, atol=1e-7)
     # a handle whose source cannot be re-read falls back to its own (rounded) weights, with a warning
     b, t = lowered[0]
-    rounded = extract_lora(b.with_patches(()), dataclass_replace(t, source=""), RankRule(8), min_diff=0.0)
+    rounded = extract_lora(b.with_patches(()), dataclasses.replace(t, source=""), RankRule(8), min_diff=0.0)
     err = max(float((rounded.layers[n].delta() - layer.delta()).abs().max()) for n, layer in ref.layers.items())
     assert err > 1e-4 * max(float(layer.delta().abs().max()) for layer in ref.layers.values())
-
-
-def dataclass_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)
