@@ -158,14 +158,15 @@ def plain_lora_chain(w0: torch.Tensor, loras, out: torch.Tensor | None = None) -
     once, with no full-size fp32 temporaries, and the result equals the whole-tensor
     computation: (w0.float() + ΔW1 + ΔW2 ...).to(dtype).
     """
-    res = torch.empty_like(w0) if out is None else out
+    res = w0.new_empty(w0.shape) if out is None else out  # contiguous, whatever w0's strides
     w2 = w0.reshape(w0.shape[0], -1)
     r2 = res.view(w2.shape)
     terms = [(a.tensors["up"].reshape(w2.shape[0], -1), a.tensors["down"].reshape(a.tensors["down"].shape[0], -1),
               s * lora_scale(a)) for a, s in loras]
     if w0.dtype == torch.float32 and len(terms) == 1:
         up, down, alpha = terms[0]
-        return torch.addmm(w2, up, down, alpha=alpha, out=r2).view(w0.shape)
+        torch.addmm(w2, up, down, alpha=alpha, out=r2)
+        return res
     n, cols = w2.shape
     block = CHAIN_BLOCK_BYTES.get(w0.device.type, CHAIN_BLOCK_BYTES_OTHER)
     step = max(1, min(n, block // (4 * cols)))
@@ -192,13 +193,7 @@ def patched_weight(w0: torch.Tensor, a: Adapter, strength: float, rows: tuple | 
     (strength 0 is exactly W0).
     """
     if is_plain_lora(a) and rows is None:
-        up2 = a.tensors["up"].reshape(a.tensors["up"].shape[0], -1)  # [out, r]
-        down2 = a.tensors["down"].reshape(a.tensors["down"].shape[0], -1)  # [r, in * kh * kw]
-        w2 = w0.reshape(w0.shape[0], -1)
-        if out is not None:
-            torch.addmm(w2, up2, down2, alpha=strength * lora_scale(a), out=out.view(w2.shape))
-            return out
-        return torch.addmm(w2, up2, down2, alpha=strength * lora_scale(a)).reshape(w0.shape)
+        return plain_lora_chain(w0, [(a, strength)], out=out)  # fp32 w0: one addmm
     if a.kind == "ia3":
         s = a.tensors["weight"]
         s = s.reshape(1, -1, *[1] * (w0.ndim - 2)) if a.on_input else s.reshape(-1, *[1] * (w0.ndim - 1))
