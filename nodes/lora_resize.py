@@ -20,7 +20,7 @@ import torch
 
 from .errors import LoraLabError
 from .lora_tools import LoraLayer, LoraSet, RankRule, layer_from_svd, product_svd
-from .merge import apply_entries, source_weights
+from .merge import apply_entries, held_below_fp32, is_skeleton, source_weights
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,14 @@ def _effective(st, want: dict, key: tuple, read=None) -> torch.Tensor:
 @contextlib.contextmanager
 def _fp32_source(handle):
     """source_weights' reader for a model held below fp32 (or not loaded), else None."""
-    p = next(handle.unet.parameters())
-    if p.device.type != "meta" and p.dtype == torch.float32:
+    if not held_below_fp32(handle):
         yield None
         return
     with source_weights(handle) as read:
-        if read is None and p.device.type != "meta":
+        if read is None and not is_skeleton(handle):
             log.warning("%s is loaded in %s and its source cannot be read again in fp32: the extraction "
                         "sees rounded weights (load both models in fp32 for an exact difference)",
-                        _label(handle), str(p.dtype).replace("torch.", ""))
+                        _label(handle), str(handle.unet.dtype).replace("torch.", ""))
         yield read
 
 

@@ -254,6 +254,27 @@ def _stream_items(handle, reader: RawReader, dtype) -> tuple[list, list]:
     return items, dropped
 
 
+def held_below_fp32(handle: ModelHandle) -> bool:
+    """The modules hold rounded weights (a GPU's bf16/fp16) or none at all (a skeleton)."""
+    p = next(handle.unet.parameters())
+    return p.device.type == "meta" or p.dtype != torch.float32
+
+
+@contextlib.contextmanager
+def _checked_source(handle: ModelHandle):
+    """Yields (reader, slots) for the handle's .safetensors source, once _check_same_file
+    has found it still holds the weights the model was loaded from."""
+    from .patcher import state_for
+
+    reader = RawReader(handle.source)
+    try:
+        slots = source_slots(handle.family, reader.shapes, dict(handle.unet.config))
+        _check_same_file(handle, reader, slots, state_for(handle))
+        yield reader, slots
+    finally:
+        reader.close()
+
+
 @contextlib.contextmanager
 def source_weights(handle: ModelHandle):
     """Yields read(key) -> the unpatched value of parameter key = (component, module, name),
@@ -265,13 +286,9 @@ def source_weights(handle: ModelHandle):
     if not streamable(handle):
         yield None
         return
-    reader = RawReader(handle.source)
-    try:
-        st = state_for(handle)
-        slots = source_slots(handle.family, reader.shapes, dict(handle.unet.config))
-        _check_same_file(handle, reader, slots, st)
+    with _checked_source(handle) as (reader, slots):
         where = {sl.key: (key, sl) for key, sls in slots.items() for sl in sls}
-        mod_shapes = _module_shapes(st)
+        mod_shapes = _module_shapes(state_for(handle))
 
         def read(pkey: tuple) -> torch.Tensor:
             key, sl = where[pkey]
@@ -283,8 +300,6 @@ def source_weights(handle: ModelHandle):
             return t.to(torch.float32, copy=True).reshape(mod_shapes[pkey])  # the ring buffer is reused
 
         yield read
-    finally:
-        reader.close()
 
 
 def _module_items(handle, dtype) -> list:
@@ -311,23 +326,15 @@ def _diffusers_source(handle: ModelHandle, torch_dtype):
         return handle, torch_dtype
     from collections import Counter
 
-    from .patcher import state_for
-
-    reader = RawReader(handle.source)
-    try:
-        floats = Counter(reader.dtype(k) for k in reader.shapes if reader.dtype(k).is_floating_point)
-        _check_same_file(handle, reader, source_slots(handle.family, reader.shapes, dict(handle.unet.config)),
-                         state_for(handle))
-    finally:
-        reader.close()
+    with _checked_source(handle) as (reader, _):
+        floats = Counter(d for d in map(reader.dtype, reader.shapes) if d.is_floating_point)
     if torch_dtype is None and floats:
         torch_dtype = floats.most_common(1)[0][0]
-    p = next(handle.unet.parameters())
-    if p.device.type == "meta" or p.dtype != torch.float32:
+    if held_below_fp32(handle):
         from .checkpoint import load_single_file
 
-        log.info("%s is held in %s: loading it again in fp32 for the diffusers folder", Path(handle.source).name,
-                 "no memory" if p.device.type == "meta" else str(p.dtype).replace("torch.", ""))
+        log.info("%s holds %s weights: loading it again in fp32 for the diffusers folder",
+                 Path(handle.source).name, "no" if is_skeleton(handle) else str(handle.unet.dtype).replace("torch.", ""))
         full = load_single_file(handle.source, dtype=torch.float32, device="cpu")
         handle = full.with_patches(handle.patches)
     return handle, torch_dtype
