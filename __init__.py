@@ -7,13 +7,13 @@ ComfyUI's server the `/lora_lab/...` routes of the editor extension are register
 import logging as _logging
 import sys as _sys
 
-from .nodes.node_defs import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from .nodes.defs.node_defs import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 WEB_DIRECTORY = "./js"
 
 if "server" in _sys.modules:  # running inside ComfyUI: add the editor's routes (cheap, no I/O)
     try:
-        from .nodes.server_routes import register_routes
+        from .nodes.defs.server_routes import register_routes
 
         register_routes()
     except (ImportError, AttributeError) as _e:  # no aiohttp, or an unexpected PromptServer

@@ -116,9 +116,9 @@ def timed(fn):
 
 
 def bench_ours(unet, files, repeats):
-    from lora_lab.nodes import patcher
-    from lora_lab.nodes.handle import ModelHandle
-    from lora_lab.nodes.lora_formats import read_lora
+    from lora_lab.nodes.lora import patcher
+    from lora_lab.nodes.model.handle import ModelHandle
+    from lora_lab.nodes.lora.lora_formats import read_lora
 
     te = _tiny_te()
     base = ModelHandle("sd1", "epsilon", unet, None, (te,), (None,), source="bench")
@@ -152,7 +152,7 @@ def bench_diffusers(unet, sds, repeats):
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    from lora_lab.nodes.prompt import load_tokenizer
+    from lora_lab.nodes.sampling.prompt import load_tokenizer
 
     tok = load_tokenizer("clip_l")
     assert isinstance(tok, CLIPTokenizer)

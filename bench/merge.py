@@ -67,7 +67,8 @@ def child(argv: list[str]) -> None:
         import diffusers  # noqa: F401
         import transformers  # noqa: F401
 
-        from lora_lab.nodes import cli, merge  # noqa: F401
+        from lora_lab.nodes.cli import main as cli  # noqa: F401
+        from lora_lab.nodes.merge import merge
     imports = time.perf_counter() - t_imports
     t0, c0 = time.perf_counter(), os.times()
     if what == "kcopy":  # the OS's own copy (what the merge uses for unchanged tensors)
@@ -120,7 +121,7 @@ def checkpoint_shapes() -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from lora_lab.nodes.checkpoint_save import ldm_state_dict
+    from lora_lab.nodes.model.checkpoint_save import ldm_state_dict
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD15_UNET)
@@ -134,7 +135,7 @@ def checkpoint_shapes() -> dict:
 def write_checkpoint(path: Path, shapes: dict) -> int:
     import torch
 
-    from lora_lab.nodes.merge_stream import Item, write_stream
+    from lora_lab.nodes.io.safetensors_stream import Item, write_stream
 
     g = torch.Generator().manual_seed(0)
 
@@ -155,7 +156,7 @@ def write_lora(ckpt: Path, path: Path, rank: int) -> tuple[int, int]:
     import torch
     from safetensors.torch import save_file
 
-    from lora_lab.nodes.merge import skeleton_handle
+    from lora_lab.nodes.merge.merge import skeleton_handle
 
     h = skeleton_handle(ckpt)
     g = torch.Generator().manual_seed(1)

@@ -30,25 +30,26 @@ def main(argv=None):
     logging.basicConfig(level=logging.ERROR)
     import torch
 
-    from lora_lab.nodes import paths
-    from lora_lab.nodes.checkpoint import load_checkpoint
-    from lora_lab.nodes.demo import DEMO_NAME, ensure_demo_checkpoint
-    from lora_lab.nodes.executor import Executor
-    from lora_lab.nodes.image_io import save_images
-    from lora_lab.nodes.progress import Progress
-    from lora_lab.nodes.txt2img import SampleSettings, generate
-    from lora_lab.nodes.workflow import load_workflow
+    from lora_lab.nodes.io import paths
+    from lora_lab.nodes.model.checkpoint import load_checkpoint
+    from lora_lab.nodes.demo.demo import DEMO_NAME, ensure_demo_checkpoint
+    from lora_lab.nodes.graph.executor import Executor
+    from lora_lab.nodes.io.image_io import save_images
+    from lora_lab.nodes.io.progress import Progress
+    from lora_lab.nodes.sampling.txt2img import SampleSettings, generate
+    from lora_lab.nodes.graph.workflow import load_workflow
+    from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY, NODE_DISPLAY_NAME_MAPPINGS as NAMES
 
     with tempfile.TemporaryDirectory() as tmp, paths.standalone_dirs(Path(tmp) / "models", Path(tmp) / "out"):
         ensure_demo_checkpoint()
-        wf = load_workflow(ROOT / "workflows" / "demo_txt2img.json")
+        wf = load_workflow(ROOT / "workflows" / "demo_txt2img.json", REGISTRY, NAMES)
         sampler = next(n for n in wf.prompt.values() if n["class_type"] == "LoraLabSampler")
         sampler["inputs"]["steps"] = args.steps
         inp = sampler["inputs"]
         settings = SampleSettings(inp["prompt"], inp["negative_prompt"], inp["seed"], inp["steps"], inp["cfg"],
                                   inp["sampler_name"], inp["scheduler"], inp["width"], inp["height"],
                                   inp["batch_size"], inp.get("clip_skip", 0))
-        executor = Executor(quiet=True)
+        executor = Executor(REGISTRY, quiet=True)
 
         @torch.inference_mode()  # as the runner (and ComfyUI) run nodes
         def direct(seed):

@@ -6,7 +6,7 @@ attn2; the example's target_modules) with the same rank (alpha = rank), batch si
 resolution, AdamW (lr 1e-4, betas (0.9, 0.999), weight decay 1e-2), gradient clipping at 1.0
 and mixed precision, on the same images and captions:
 
-  ours              lora_lab.nodes.train_loop.train_lora (latents and text embeddings cached
+  ours              lora_lab.nodes.train.train_loop.train_lora (latents and text embeddings cached
                     before the loop, LoRA as forward hooks on the frozen layers)
   diffusers+peft    the example's loop: unet.add_adapter(LoraConfig(r, lora_alpha=r,
                     init_lora_weights="gaussian", ...)), VAE encode + text encoder every step,
@@ -106,11 +106,11 @@ class _Clock:
 
 
 def run_ours(args, device, dtype, data: Path) -> dict:
-    from lora_lab.nodes.checkpoint import tokenizers_for
-    from lora_lab.nodes.handle import ModelHandle
-    from lora_lab.nodes.paths import standalone_dirs
-    from lora_lab.nodes.train_config import TrainConfig
-    from lora_lab.nodes.train_loop import train_lora
+    from lora_lab.nodes.model.checkpoint import tokenizers_for
+    from lora_lab.nodes.model.handle import ModelHandle
+    from lora_lab.nodes.io.paths import standalone_dirs
+    from lora_lab.nodes.train.train_config import TrainConfig
+    from lora_lab.nodes.train.train_loop import train_lora
 
     unet, vae, te = build(args.preset, device, dtype)
     handle = ModelHandle("sd1", "epsilon", unet, vae, (te,), tokenizers_for("sd1"), source="bench")
@@ -131,7 +131,7 @@ def run_diffusers(args, device, dtype, data: Path, unet_only: bool) -> dict:
     from peft import LoraConfig
     from PIL import Image
 
-    from lora_lab.nodes.checkpoint import tokenizers_for
+    from lora_lab.nodes.model.checkpoint import tokenizers_for
 
     from accelerate import Accelerator
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_lab.nodes import checkpoint_save, tiny_models
-from lora_lab.nodes.handle import ModelHandle
+from lora_lab.nodes.model import checkpoint_save, tiny_models
+from lora_lab.nodes.model.handle import ModelHandle
 
 # transformers warns about bos/eos ids on tiny vocabularies; keep test logs readable.
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -45,7 +45,7 @@ def one_torch_thread():
 
 def make_handle(family: str, seed: int = 0, prediction_type: str = "epsilon") -> ModelHandle:
     unet, vae, encoders = tiny_models.build_components(family, seed=seed)
-    from lora_lab.nodes.checkpoint import tokenizers_for
+    from lora_lab.nodes.model.checkpoint import tokenizers_for
 
     return ModelHandle(family, prediction_type, unet, vae, encoders, tokenizers_for(family), source=f"tiny-{family}")
 

@@ -241,9 +241,10 @@ class Chrome:
 
 def expected_prompts() -> dict:
     """The headless runner's API graph of each workflow (what graphToPrompt must match)."""
-    from lora_lab.nodes.workflow import load_workflow
+    from lora_lab.nodes.graph.workflow import load_workflow
+    from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY, NODE_DISPLAY_NAME_MAPPINGS as NAMES
 
-    return {p.name: load_workflow(p).prompt for p in sorted((ROOT / "workflows").glob("*.json"))}
+    return {p.name: load_workflow(p, REGISTRY, NAMES).prompt for p in sorted((ROOT / "workflows").glob("*.json"))}
 
 
 SHOW_JS = """async (wf, name) => {

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from lora_lab.nodes.lora_keys import KeyIndex
+from lora_lab.nodes.lora.lora_keys import KeyIndex
 
 ATTN = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
         "attn2.to_out.0")

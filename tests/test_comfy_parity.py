@@ -21,8 +21,8 @@ import sys
 import pytest
 import torch
 
-from lora_lab.nodes.samplers import SAMPLER_NAMES, ksample, prepare_noise
-from lora_lab.nodes.schedules import SCHEDULER_NAMES, DiscreteSchedule, get_sigmas, scheduler_sigmas
+from lora_lab.nodes.sampling.samplers import SAMPLER_NAMES, ksample, prepare_noise
+from lora_lab.nodes.sampling.schedules import SCHEDULER_NAMES, DiscreteSchedule, get_sigmas, scheduler_sigmas
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def test_ksample_long_run(comfy, sampler):
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_lms_without_scipy_matches_comfy(comfy, scheduler, monkeypatch):
     # lora-lab does not require scipy: its own 21-point Kronrod pass must give ComfyUI's numbers too
-    from lora_lab.nodes import samplers_kdiff
+    from lora_lab.nodes.sampling import samplers_kdiff
 
     monkeypatch.setattr(samplers_kdiff, "_scipy_quad", lambda: None)
     ours, theirs = _run_both(comfy, "lms", scheduler, steps=12)

@@ -29,7 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-DEMO_DATASET = "lora-lab-demo-dataset"  # lora_lab.nodes.demo_lora.DEMO_DATASET
+DEMO_DATASET = "lora-lab-demo-dataset"  # lora_lab.nodes.demo.demo_lora.DEMO_DATASET
 
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run these")
 
@@ -128,7 +128,7 @@ class ComfyServer:
 def prepare_models(base: Path) -> None:
     """The demo LoRAs in the loras folder and the demo dataset in input/ (the demo checkpoint is
     written by the pack on first use)."""
-    from lora_lab.nodes import demo_lora
+    from lora_lab.nodes.demo import demo_lora
 
     demo_lora.ensure_demo_loras(base / "models" / "loras")
     demo_lora.ensure_demo_dataset(base / "input" / DEMO_DATASET)
@@ -144,7 +144,7 @@ def comfy(tmp_path_factory):
 
 
 def test_nodes_in_object_info(comfy):
-    from lora_lab.nodes.node_defs import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
     info = comfy.get("/object_info")
     for node_id in NODE_CLASS_MAPPINGS:
@@ -173,10 +173,11 @@ def test_routes_and_js_are_served(comfy):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_through_prompt_api(comfy, path):
-    from lora_lab.nodes.workflow import load_workflow
+    from lora_lab.nodes.graph.workflow import load_workflow
+    from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY, NODE_DISPLAY_NAME_MAPPINGS as NAMES
 
     ui = json.loads(path.read_text())
-    prompt = load_workflow(path).prompt
+    prompt = load_workflow(path, REGISTRY, NAMES).prompt
     for node in prompt.values():  # Train LoRA on the demo dataset: its folder in this server's input/
         if node["class_type"] == "LoraLabTrainLora" and node["inputs"].get("dataset_dir") == DEMO_DATASET:
             node["inputs"]["dataset_dir"] = str(comfy.base / "input" / DEMO_DATASET)

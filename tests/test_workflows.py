@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from lora_lab.nodes import demo, demo_lora
-from lora_lab.nodes.cli import main
-from lora_lab.nodes.node_defs import NODE_CLASS_MAPPINGS
-from lora_lab.nodes.workflow import load_workflow
-from lora_lab.nodes.workflow_widgets import widget_specs, widget_values
+from lora_lab.nodes.demo import demo, demo_lora
+from lora_lab.nodes.cli.main import main
+from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS
+from lora_lab.nodes.graph.workflow import load_workflow
+from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY, NODE_DISPLAY_NAME_MAPPINGS as NAMES
+from lora_lab.nodes.graph.workflow_widgets import widget_specs, widget_values
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -43,7 +44,7 @@ def dataset_overrides(prompt: dict, models: Path) -> list[str]:
 
 
 def run_json(capsys, graph: Path, models: Path, out: Path) -> dict:
-    sets = [a for s in dataset_overrides(load_workflow(graph).prompt, models) for a in ("--set", s)]
+    sets = [a for s in dataset_overrides(load_workflow(graph, REGISTRY, NAMES).prompt, models) for a in ("--set", s)]
     code = main(["run", str(graph), "--models-dir", str(models), "--output-dir", str(out), "--json", "--quiet",
                  *sets])
     summary = json.loads(capsys.readouterr().out)
@@ -102,14 +103,14 @@ def test_workflow_runs_headless_in_both_formats(path, models_dir, tmp_path, caps
     assert ui_run["status"] == "ok" and ui_run["files"], ui_run
 
     api_graph = tmp_path / f"{path.stem}_api.json"
-    api_graph.write_text(json.dumps(load_workflow(path).prompt))
+    api_graph.write_text(json.dumps(load_workflow(path, REGISTRY, NAMES).prompt))
     api_run = run_json(capsys, api_graph, models_dir, api_out)["runs"][0]
     assert api_run["status"] == "ok"
     assert [Path(f).relative_to(api_out) for f in api_run["files"]] == \
         [Path(f).relative_to(ui_out) for f in ui_run["files"]]
     ui_px, api_px = pixels(ui_run["files"]), pixels(api_run["files"])
     # same graph, same seeds: same pixels (training on the CPU is reproducible to a rounding step only)
-    tol = 2 if "LoraLabTrainLora" in {n["class_type"] for n in load_workflow(path).prompt.values()} else 0
+    tol = 2 if "LoraLabTrainLora" in {n["class_type"] for n in load_workflow(path, REGISTRY, NAMES).prompt.values()} else 0
     assert all(np.abs(a.astype(int) - b).max() <= tol for a, b in zip(ui_px, api_px))
     for f, g in zip(ui_run["files"], api_run["files"]):
         if f.endswith(".png"):

@@ -1,0 +1,250 @@
+"""Node definitions: thin declarative adapters over the core (DESIGN.md, layer 2).
+
+Each class follows ComfyUI's custom-node interface. Core modules are imported inside the
+execute methods, so importing the pack costs nothing.
+"""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+MODEL = "LORA_LAB_MODEL"
+CATEGORY = "LoRA Lab"
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def _sampler_names():
+    from ..sampling.samplers import SAMPLER_NAMES
+
+    return list(SAMPLER_NAMES)
+
+
+def _scheduler_names():
+    from ..sampling.schedules import SCHEDULER_NAMES
+
+    return list(SCHEDULER_NAMES)
+
+
+class LoraLabCheckpointLoader:
+    """Load Checkpoint: a single-file SD 1.x / 2.x / SDXL checkpoint or diffusers folder."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+    DESCRIPTION = "Loads a checkpoint (.safetensors single file, or a diffusers folder) as a LoRA Lab model."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..demo.demo import DEMO_NAME
+        from ..io.paths import CHECKPOINT_EXTENSIONS, list_names
+
+        names = list_names("checkpoints", CHECKPOINT_EXTENSIONS)
+        if DEMO_NAME not in names:
+            names.append(DEMO_NAME)  # written on first use
+        return {"required": {"ckpt_name": (names, {"tooltip": "file in the checkpoints folder"})}}
+
+    def load(self, ckpt_name):
+        from ..demo.demo import DEMO_NAME, ensure_demo_checkpoint
+        from ..io.errors import LoraLabError, NodeInputError
+        from ..io.paths import resolve
+        from ..model.checkpoint import load_checkpoint
+
+        try:
+            if ckpt_name == DEMO_NAME:
+                ensure_demo_checkpoint()
+            return (load_checkpoint(resolve("checkpoints", ckpt_name)),)
+        except LoraLabError as e:
+            raise NodeInputError("LoraLabCheckpointLoader", "ckpt_name", ckpt_name, str(e)) from None
+
+
+class LoraLabSampler:
+    """Sample: text to image with ComfyUI's KSampler samplers, schedules and seeding."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL,),
+                "prompt": ("STRING", {"multiline": True, "default": ""}),
+                "negative_prompt": ("STRING", {"multiline": True, "default": ""}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+                "sampler_name": (_sampler_names(),),
+                "scheduler": (_scheduler_names(),),
+                "width": ("INT", {"default": 512, "min": 64, "max": 16384, "step": 8}),
+                "height": ("INT", {"default": 512, "min": 64, "max": 16384, "step": 8}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+            },
+            "optional": {
+                "clip_skip": ("INT", {"default": 0, "min": 0, "max": 24,
+                                      "tooltip": "0 = model default; 1 = last layer, 2 = penultimate (A1111 terms)"}),
+            },
+        }
+
+    def sample(self, model, prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
+               batch_size, clip_skip=0):
+        from ..demo.demo_lora import ensure_named
+        from ..io.progress import Progress
+        from ..lora.lora_stack import strip_prompt_loras
+        from ..sampling.txt2img import SampleSettings, generate
+
+        ensure_named(e.name for e in strip_prompt_loras(prompt)[1])  # <lora:...> tags naming a demo LoRA
+
+        s = SampleSettings(prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
+                           batch_size, clip_skip)
+        with Progress(steps, desc="sample") as bar:
+            return (generate(model, s, progress=bar),)
+
+
+class LoraLabSaveImage:
+    """Save Image: PNGs with ComfyUI workflow chunks and A1111 parameters; never overwrites."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "filename_prefix": ("STRING", {"default": "LoraLab"}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
+        }
+
+    def save(self, images, filename_prefix, prompt=None, extra_pnginfo=None, unique_id=None):
+        from ..io.image_io import save_images
+        from ..io.paths import output_dir
+        from ..io.png_params import parameters_for
+
+        paths = save_images(images, _with_run_label(filename_prefix), prompt, extra_pnginfo,
+                            parameters_for(prompt, unique_id))
+        root = output_dir()
+        ui = []
+        for p in paths:
+            sub = p.parent.relative_to(root.resolve()).as_posix()
+            ui.append({"filename": p.name, "subfolder": "" if sub == "." else sub, "type": "output"})
+        return {"ui": {"images": ui}, "result": ()}
+
+
+def _lora_names():
+    from ..demo.demo_lora import with_demo_names
+    from ..io.paths import LORA_EXTENSIONS, list_names
+
+    return with_demo_names(list_names("loras", LORA_EXTENSIONS))  # demo LoRAs are written on first use
+
+
+_STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}
+_BLOCK_WEIGHTS = ("STRING", {"default": "", "tooltip": "optional per-block multipliers (A1111 LBW): a preset "
+                             "such as ALL, INALL, MIDD, OUTALL or 17/26 (SDXL: 12/20) comma-separated numbers"})
+
+
+class LoraLabLoraLoader:
+    """Load LoRA: adds one LoRA (any supported format) to the model's stack."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (MODEL, "STRING")
+    RETURN_NAMES = ("model", "trigger_words")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL,),
+                "lora_name": (_lora_names(),),
+                "strength_unet": ("FLOAT", dict(_STRENGTH)),
+                "strength_text": ("FLOAT", dict(_STRENGTH)),
+            },
+            "optional": {"block_weights": _BLOCK_WEIGHTS},
+        }
+
+    def load(self, model, lora_name, strength_unet, strength_text, block_weights=""):
+        from ..demo.demo_lora import ensure_if_demo
+        from ..lora.lora_stack import StackEntry, add_loras
+
+        ensure_if_demo(lora_name)
+        entry = StackEntry(lora_name, float(strength_unet), float(strength_text))
+        return add_loras(model, [entry], "LoraLabLoraLoader", "lora_name", block_weights)
+
+
+class LoraLabLoraStack:
+    """Stack LoRAs: one LoRA per line, `name[:unet[:text]]` or `<lora:name:w>`; `#` turns a line off."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (MODEL, "LORA_STACK", "STRING")
+    RETURN_NAMES = ("model", "lora_stack", "trigger_words")
+    FUNCTION = "stack"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL,),
+                "loras": ("STRING", {"multiline": True, "default": "",
+                                     "tooltip": "one per line: name[:unet_strength[:text_strength]]"}),
+            },
+            "optional": {"lora_stack": ("LORA_STACK",), "block_weights": _BLOCK_WEIGHTS},
+        }
+
+    def stack(self, model, loras, lora_stack=None, block_weights=""):
+        from ..demo.demo_lora import ensure_named
+        from ..io.errors import NodeInputError
+        from ..lora.lora_stack import StackEntry, add_loras, parse_stack_text
+
+        entries = []
+        for item in lora_stack or []:
+            try:
+                name, su, st = item
+                entries.append(StackEntry(str(name), float(su), float(st)))
+            except (TypeError, ValueError):
+                raise NodeInputError("LoraLabLoraStack", "lora_stack", item,
+                                     "expected (lora_name, model_strength, clip_strength)") from None
+        entries += parse_stack_text(loras)
+        ensure_named(e.name for e in entries)
+        new, words = add_loras(model, entries, "LoraLabLoraStack", "loras", block_weights)
+        out_stack = [(e.name, e.strength_unet, e.strength_text) for e in entries]
+        return (new, out_stack, words)
+
+
+def _with_run_label(prefix: str) -> str:
+    """The headless runner labels each run of a sweep; saved names carry that label."""
+    try:
+        from ..graph.executor import current_run_label
+    except ImportError:
+        return prefix
+    label = current_run_label()
+    return f"{prefix}_{label}" if label else prefix
+
+
+NODE_CLASS_MAPPINGS = {
+    "LoraLabCheckpointLoader": LoraLabCheckpointLoader,
+    "LoraLabSampler": LoraLabSampler,
+    "LoraLabSaveImage": LoraLabSaveImage,
+    "LoraLabLoraLoader": LoraLabLoraLoader,
+    "LoraLabLoraStack": LoraLabLoraStack,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoraLabCheckpointLoader": "Load Checkpoint (LoRA Lab)",
+    "LoraLabSampler": "Sample (LoRA Lab)",
+    "LoraLabSaveImage": "Save Image (LoRA Lab)",
+    "LoraLabLoraLoader": "Load LoRA (LoRA Lab)",
+    "LoraLabLoraStack": "Stack LoRAs (LoRA Lab)",
+}
+
+# Nodes of the other areas live in their own modules (each as thin as these).
+from . import nodes_merge, nodes_sweep, nodes_train  # noqa: E402
+
+for _area in (nodes_merge, nodes_train, nodes_sweep):
+    NODE_CLASS_MAPPINGS.update(_area.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_area.NODE_DISPLAY_NAME_MAPPINGS)

@@ -1,0 +1,157 @@
+"""Stacks of LoRAs: the text syntax, name resolution, trigger words, and new handles.
+
+Stack text, one LoRA per line:   name[:unet_strength[:text_strength]]
+                                 <lora:name:weight>  or  <lora:name:te:unet>   (A1111)
+                                 # a commented line is off
+LORA_STACK edges (other packs' convention): [(lora_name, model_strength, clip_strength), ...]
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..io.errors import LoraLabError, NodeInputError
+from ..io.paths import LORA_EXTENSIONS, resolve
+
+log = logging.getLogger(__name__)
+
+# <lora:name:a[:b]> ; A1111: a = text-encoder multiplier, b = UNet multiplier (defaults to a)
+PROMPT_LORA = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::([^:>]*))?>")
+
+
+@dataclass(frozen=True)
+class StackEntry:
+    name: str
+    strength_unet: float = 1.0
+    strength_text: float = 1.0
+
+
+def _num(value: str, node: str, line: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise NodeInputError(node, "loras", line, f"{value!r} is not a number") from None
+
+
+def parse_stack_text(text: str, node: str = "LoraLabLoraStack") -> list[StackEntry]:
+    """Parse the multiline stack text; order is kept."""
+    out = []
+    for raw in (text or "").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = PROMPT_LORA.fullmatch(line)
+        if m:
+            te = _num(m.group(2), node, line) if m.group(2) else 1.0
+            unet = _num(m.group(3), node, line) if m.group(3) else te
+            out.append(StackEntry(m.group(1).strip(), unet, te))
+            continue
+        name, *nums = line.split(":")
+        if len(nums) > 2:
+            raise NodeInputError(node, "loras", line, "expected name[:unet_strength[:text_strength]]")
+        unet = _num(nums[0], node, line) if nums and nums[0].strip() else 1.0
+        text_s = _num(nums[1], node, line) if len(nums) > 1 and nums[1].strip() else unet
+        out.append(StackEntry(name.strip(), unet, text_s))
+    return out
+
+
+def strip_prompt_loras(prompt: str) -> tuple[str, list[StackEntry]]:
+    """Remove <lora:...> tags from a prompt; return the text and the LoRAs (A1111 semantics)."""
+    entries = []
+    for m in PROMPT_LORA.finditer(prompt or ""):
+        te = _num(m.group(2), "LoraLabSampler", m.group(0)) if m.group(2) else 1.0
+        unet = _num(m.group(3), "LoraLabSampler", m.group(0)) if m.group(3) else te
+        entries.append(StackEntry(m.group(1).strip(), unet, te))
+    text = PROMPT_LORA.sub("", prompt or "")
+    return re.sub(r"[ \t]{2,}", " ", text).strip(), entries
+
+
+def resolve_lora(name: str) -> Path:
+    """A LoRA name, with or without its extension, inside the loras folder."""
+    try:
+        return resolve("loras", name)
+    except LoraLabError as first:
+        if Path(name).suffix.lower() not in LORA_EXTENSIONS:
+            for ext in LORA_EXTENSIONS:
+                try:
+                    return resolve("loras", name + ext)
+                except LoraLabError:
+                    continue
+        raise first
+
+
+def trigger_words(path: Path, metadata: dict, top: int = 10) -> str:
+    """Trigger words: modelspec.trigger_phrase, an A1111 sidecar .json's "activation text",
+    a sidecar .txt, or the most frequent tags of ss_tag_frequency (kohya)."""
+    words = []
+    phrase = metadata.get("modelspec.trigger_phrase")
+    if phrase:
+        words.append(phrase.strip())
+    side_json = path.with_suffix(".json")
+    if side_json.is_file():
+        try:
+            act = json.loads(side_json.read_text(encoding="utf-8")).get("activation text", "")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            act = ""
+            log.warning("%s: unreadable sidecar json", side_json.name)
+        if act:
+            words.append(act.strip())
+    side_txt = path.with_suffix(".txt")
+    if side_txt.is_file():
+        words.append(side_txt.read_text(encoding="utf-8", errors="replace").strip())
+    if not words and metadata.get("ss_tag_frequency"):
+        try:
+            freq = json.loads(metadata["ss_tag_frequency"])
+        except json.JSONDecodeError:
+            freq = {}
+        counts: dict = {}
+        for tags in freq.values() if isinstance(freq, dict) else []:
+            for tag, n in (tags or {}).items():
+                counts[tag.strip()] = counts.get(tag.strip(), 0) + int(n)
+        words += [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top] if t]
+    seen, out = set(), []
+    for w in words:
+        if w and w not in seen:
+            seen.add(w)
+            out.append(w)
+    return ", ".join(out)
+
+
+def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "loras",
+              block_weights: str = "") -> tuple:
+    """A new handle with `entries` appended to its patches, plus the joined trigger words.
+
+    Each LoRA is matched against the model now, so a LoRA for another family fails here with
+    both families named, and a partial match is logged with its count and first keys.
+    """
+    from .block_weights import parse_block_weights
+    from .lora_formats import read_lora
+    from .patcher import LoraPatch, match_report
+
+    try:
+        bw = parse_block_weights(block_weights, handle.family)
+    except ValueError as e:
+        raise NodeInputError(node, "block_weights", block_weights, str(e)) from None
+    patches, triggers = list(handle.patches), []
+    for e in entries:
+        try:
+            path = resolve_lora(e.name)
+            raw = read_lora(path)
+            report = match_report(handle, raw)
+        except LoraLabError as err:
+            raise NodeInputError(node, input_name, e.name, str(err)) from None
+        if not report.adapters:
+            raise NodeInputError(node, input_name, e.name,
+                                 f"no layer of this {handle.label} model matches the file "
+                                 f"({report.total} layers, e.g. {list(report.unmatched[:3])})")
+        if report.unmatched or raw.unknown_keys:
+            log.warning("%s: LoRA %r: %d of %d layers matched; unmatched: %s; unknown keys: %s", node, e.name,
+                        len(report.adapters), report.total, list(report.unmatched[:5]), list(raw.unknown_keys[:5]))
+        patches.append(LoraPatch(e.name, raw, e.strength_unet, e.strength_text, bw))
+        tw = trigger_words(path, raw.metadata)
+        if tw:
+            triggers.append(tw)
+    return handle.with_patches(tuple(patches)), ", ".join(triggers)

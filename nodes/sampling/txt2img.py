@@ -1,0 +1,139 @@
+"""Text to image on a model handle, with ComfyUI's KSampler semantics.
+
+prompt -> conditioning (prompt.encode_prompt) -> seeded noise and sigmas (samplers/schedules)
+-> UNet denoising with CFG -> VAE decode -> IMAGE [B, H, W, C] in 0..1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..io.errors import NodeInputError
+
+NODE = "LoraLabSampler"
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    cfg: float = 7.0
+    sampler_name: str = "euler"
+    scheduler: str = "normal"
+    width: int = 512
+    height: int = 512
+    batch_size: int = 1
+    clip_skip: int = 0  # 0 = the family's default (A1111 terms: 1 = last layer, 2 = penultimate)
+
+    def __post_init__(self):
+        from .samplers import SAMPLER_NAMES
+        from .schedules import SCHEDULER_NAMES
+
+        if self.sampler_name not in SAMPLER_NAMES:
+            raise NodeInputError(NODE, "sampler_name", self.sampler_name, f"unknown sampler; one of {SAMPLER_NAMES}")
+        if self.scheduler not in SCHEDULER_NAMES:
+            raise NodeInputError(NODE, "scheduler", self.scheduler, f"unknown scheduler; one of {SCHEDULER_NAMES}")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if v < 8 or v % 8:
+                raise NodeInputError(NODE, name, v, "must be a positive multiple of 8")
+        if self.steps < 1:
+            raise NodeInputError(NODE, "steps", self.steps, "must be at least 1")
+        if self.batch_size < 1:
+            raise NodeInputError(NODE, "batch_size", self.batch_size, "must be at least 1")
+        if self.clip_skip < 0:
+            raise NodeInputError(NODE, "clip_skip", self.clip_skip, "must be 0 (model default) or more")
+
+
+@dataclass(frozen=True)
+class _Cond:
+    """What apply_model needs for one side of CFG: context [1, T, D] and SDXL extras."""
+
+    context: torch.Tensor
+    added: dict | None
+
+
+def _conditioning(handle, text: str, clip_skip: int | None, width: int, height: int, device, dtype) -> _Cond:
+    from .prompt import encode_prompt
+
+    c = encode_prompt(handle, text, clip_skip=clip_skip)
+    added = None
+    if handle.family == "sdxl":
+        # (original h, w, crop top, crop left, target h, w): the latent's size, as ComfyUI defaults.
+        # fp32 whatever the UNet's dtype: bf16 would round 667 to 668 (the UNet embeds them in fp32).
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=device)
+        added = {"text_embeds": c.pooled.to(device, dtype), "time_ids": time_ids}
+    return _Cond(c.cond.to(device, dtype), added)
+
+
+def _apply_model_fn(unet):
+    """apply_model(x_in [B,4,h,w], timestep [B], cond) -> raw UNet output (eps or v)."""
+
+    def apply_model(x_in: torch.Tensor, timestep: torch.Tensor, cond: _Cond) -> torch.Tensor:
+        b = x_in.shape[0]
+        ctx = cond.context.expand(b, -1, -1)
+        added = None
+        if cond.added is not None:
+            added = {k: v.expand(b, -1) for k, v in cond.added.items()}
+        dtype = next(unet.parameters()).dtype
+        out = unet(x_in.to(dtype), timestep.to(x_in.device), encoder_hidden_states=ctx,
+                   added_cond_kwargs=added, return_dict=False)[0]
+        return out.float()
+
+    return apply_model
+
+
+@torch.no_grad()
+def decode_latents(handle, latents: torch.Tensor) -> torch.Tensor:
+    """latents [B,4,h,w] -> IMAGE [B, 8h, 8w, 3] float in 0..1 (ComfyUI's convention)."""
+    vae = handle.vae
+    dtype = next(vae.parameters()).dtype
+    images = []
+    for i in range(latents.shape[0]):  # one at a time: VAE decode memory grows fast with size
+        z = latents[i:i + 1].to(vae.device, dtype) / handle.vae_scaling_factor
+        images.append(vae.decode(z, return_dict=False)[0].float().cpu())
+    x = torch.cat(images)
+    return torch.clamp((x + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1)
+
+
+@torch.no_grad()
+def generate(handle, s: SampleSettings, progress=None) -> torch.Tensor:
+    """Run the whole text-to-image path; returns IMAGE [batch, height, width, 3]."""
+    from ..lora.lora_stack import add_loras, strip_prompt_loras
+    from ..lora.patcher import activate
+    from .samplers import ksample, prepare_noise
+    from .schedules import DiscreteSchedule, get_sigmas
+
+    if handle.unet.config.in_channels != 4:
+        raise NodeInputError(NODE, "model", handle.source,
+                             f"a UNet with {handle.unet.config.in_channels} input channels (inpainting?) "
+                             "cannot do plain text-to-image")
+    # <lora:name:w> in the prompt applies that LoRA for this sample only (A1111 semantics).
+    prompt, prompt_loras = strip_prompt_loras(s.prompt)
+    negative, _ = strip_prompt_loras(s.negative_prompt)
+    if prompt_loras:
+        handle, _ = add_loras(handle, prompt_loras, NODE, "prompt")
+    activate(handle)  # the shared modules now hold base + this handle's LoRAs
+
+    device = handle.unet.device
+    dtype = next(handle.unet.parameters()).dtype
+    clip_skip = s.clip_skip or None
+    cond = _conditioning(handle, prompt, clip_skip, s.width, s.height, device, dtype)
+    uncond = _conditioning(handle, negative, clip_skip, s.width, s.height, device, dtype)
+
+    shape = (s.batch_size, handle.unet.config.out_channels, s.height // 8, s.width // 8)
+    latent = torch.zeros(shape)  # ComfyUI's EmptyLatentImage
+    noise = prepare_noise(shape, s.seed)
+    schedule = DiscreteSchedule(handle.prediction_type)
+    sigmas = get_sigmas(schedule, s.scheduler, s.steps, sampler_name=s.sampler_name)
+
+    def callback(step, total, x, denoised):
+        if progress is not None:
+            progress.update(1)
+
+    samples = ksample(_apply_model_fn(handle.unet), schedule, latent.to(device), noise.to(device),
+                      sigmas.to(device), cond, uncond, s.cfg, s.sampler_name, s.seed, callback=callback)
+    return decode_latents(handle, samples)
