@@ -10,6 +10,7 @@ import logging
 log = logging.getLogger(__name__)
 
 MODEL = "LORA_LAB_MODEL"
+VAE = "LORA_LAB_VAE"
 CATEGORY = "LoRA Lab"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
@@ -60,11 +61,12 @@ class LoraLabCheckpointLoader:
 
 
 class LoraLabSampler:
-    """Sample: text to image with ComfyUI's KSampler samplers, schedules and seeding."""
+    """Sample: text to image with ComfyUI's KSampler samplers, schedules and seeding; from a latent or
+    an image (img2img with denoise, a second hires pass), with a mask (inpainting)."""
 
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    RETURN_NAMES = ("images", "latent")
     FUNCTION = "sample"
 
     @classmethod
@@ -86,22 +88,39 @@ class LoraLabSampler:
             "optional": {
                 "clip_skip": ("INT", {"default": 0, "min": 0, "max": 24,
                                       "tooltip": "0 = model default; 1 = last layer, 2 = penultimate (A1111 terms)"}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "with a latent or image: how much of it is redrawn (1 = all)"}),
+                "latent": ("LATENT", {"tooltip": "start from this latent (width/height/batch_size then unused)"}),
+                "image": ("IMAGE", {"tooltip": "start from this image, encoded with the VAE (img2img)"}),
+                "mask": ("MASK", {"tooltip": "inpainting: 1 = redraw, 0 = keep"}),
+                "vae": (VAE, {"tooltip": "a VAE from Load VAE, used instead of the checkpoint's"}),
             },
         }
 
     def sample(self, model, prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
-               batch_size, clip_skip=0):
+               batch_size, clip_skip=0, denoise=1.0, latent=None, image=None, mask=None, vae=None):
         from ..demo.demo_lora import ensure_named
         from ..io.progress import Progress
         from ..lora.lora_stack import strip_prompt_loras
-        from ..sampling.txt2img import SampleSettings, generate
+        from ..sampling.txt2img import SampleSettings
 
         ensure_named(e.name for e in strip_prompt_loras(prompt)[1])  # <lora:...> tags naming a demo LoRA
 
         s = SampleSettings(prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
                            batch_size, clip_skip)
+        from .nodes_vae import decode_with, start_latent
+
+        start = start_latent(model, latent, image, mask, vae)
         with Progress(steps, desc="sample") as bar:
-            return (generate(model, s, progress=bar),)
+            if start is None and float(denoise) == 1.0:  # plain text to image
+                from ..sampling.txt2img import txt2img_latents
+
+                out = {"samples": txt2img_latents(model, s, progress=bar).float().cpu() / model.vae_scaling_factor}
+            else:
+                from ..sampling.img2img import sample_latent
+
+                out = sample_latent(model, s, start, float(denoise), progress=bar)
+        return (decode_with(model, vae, out["samples"]), out)
 
 
 class LoraLabSaveImage:
@@ -243,8 +262,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
 }
 
 # Nodes of the other areas live in their own modules (each as thin as these).
-from . import nodes_merge, nodes_sweep, nodes_train  # noqa: E402
+from . import nodes_merge, nodes_sweep, nodes_train, nodes_vae  # noqa: E402
 
-for _area in (nodes_merge, nodes_train, nodes_sweep):
+for _area in (nodes_merge, nodes_train, nodes_sweep, nodes_vae):
     NODE_CLASS_MAPPINGS.update(_area.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_area.NODE_DISPLAY_NAME_MAPPINGS)
