@@ -85,9 +85,9 @@ class SaveImage:
     def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
         from ..io.image_io import save_images
         from ..io.paths import output_dir
-        from .node_defs import _with_run_label
+        from .common import with_run_label
 
-        paths = save_images(images, _with_run_label(filename_prefix), prompt, extra_pnginfo, None, node="SaveImage")
+        paths = save_images(images, with_run_label(filename_prefix), prompt, extra_pnginfo, None, node="SaveImage")
         root = output_dir().resolve()
         ui = []
         for p in paths:

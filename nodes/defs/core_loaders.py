@@ -52,9 +52,9 @@ class CheckpointLoaderSimple:
 
 
 def _lora_names():
-    from .node_defs import _lora_names as names
+    from .common import lora_names
 
-    return names()
+    return lora_names()
 
 
 def apply_lora(node: str, model, clip, lora_name: str, strength_model: float, strength_clip: float):

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger(__name__)
+from .common import CATEGORY, MAX_SEED, MODEL, VAE
+from .common import lora_names as _lora_names
+from .common import with_run_label as _with_run_label
 
-MODEL = "LORA_LAB_MODEL"
-VAE = "LORA_LAB_VAE"
-CATEGORY = "LoRA Lab"
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
+log = logging.getLogger(__name__)
 
 
 def _sampler_names():
@@ -156,13 +155,6 @@ class LoraLabSaveImage:
         return {"ui": {"images": ui}, "result": ()}
 
 
-def _lora_names():
-    from ..demo.demo_lora import with_demo_names
-    from ..io.paths import LORA_EXTENSIONS, list_names
-
-    return with_demo_names(list_names("loras", LORA_EXTENSIONS))  # demo LoRAs are written on first use
-
-
 _STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}
 _BLOCK_WEIGHTS = ("STRING", {"default": "", "tooltip": "optional per-block multipliers (A1111 LBW): a preset "
                              "such as ALL, INALL, MIDD, OUTALL or 17/26 (SDXL: 12/20) comma-separated numbers"})
@@ -236,16 +228,6 @@ class LoraLabLoraStack:
         return (new, out_stack, words)
 
 
-def _with_run_label(prefix: str) -> str:
-    """The headless runner labels each run of a sweep; saved names carry that label."""
-    try:
-        from ..graph.executor import current_run_label
-    except ImportError:
-        return prefix
-    label = current_run_label()
-    return f"{prefix}_{label}" if label else prefix
-
-
 NODE_CLASS_MAPPINGS = {
     "LoraLabCheckpointLoader": LoraLabCheckpointLoader,
     "LoraLabSampler": LoraLabSampler,
@@ -262,7 +244,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
 }
 
 # Nodes of the other areas live in their own modules (each as thin as these).
-from . import nodes_merge, nodes_sweep, nodes_train, nodes_vae  # noqa: E402
+from . import nodes_merge, nodes_sweep, nodes_train, nodes_vae
 
 for _area in (nodes_merge, nodes_train, nodes_sweep, nodes_vae):
     NODE_CLASS_MAPPINGS.update(_area.NODE_CLASS_MAPPINGS)

@@ -4,7 +4,7 @@ latents), so they plug into ComfyUI's own latent nodes; VAE edges are ours (LORA
 diffusers AutoencoderKL), distinct from ComfyUI's VAE objects."""
 from __future__ import annotations
 
-from .node_defs import CATEGORY, MODEL, VAE
+from .common import CATEGORY, MODEL, VAE
 
 
 def _vae_of(model, vae):

@@ -4,8 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 from lora_factory import kohya
-from safetensors.torch import save_file
-
 from lora_lab.nodes.defs import core_conditioning as cc
 from lora_lab.nodes.defs import core_latent as cl
 from lora_lab.nodes.defs import core_loaders as cload
@@ -15,10 +13,11 @@ from lora_lab.nodes.lora.patcher import activate, restore
 from lora_lab.nodes.model.runner_types import ClipHandle, VaeHandle
 from lora_lab.nodes.sampling.prompt import encode_prompt
 from lora_lab.nodes.sampling.txt2img import SampleSettings, generate
+from safetensors.torch import save_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SET = dict(steps=3, cfg=6.0, sampler_name="euler_ancestral", scheduler="karras")
+SET = {"steps": 3, "cfg": 6.0, "sampler_name": "euler_ancestral", "scheduler": "karras"}
 
 
 def core_txt2img(model, clip, vae, prompt, negative, seed, width=64, height=64, batch=1, **kw):
@@ -107,7 +106,7 @@ def test_conditioning_nodes_follow_comfy(tiny_handles):
 def test_combined_identical_conds_average_to_one(tiny_handles):
     """calc_cond_batch averages the active entries: [A, A] gives A's prediction ((o + o) / 2 == o)."""
     h = tiny_handles["sd1"]
-    m, clip, vae = parts(h)
+    m, clip, _ = parts(h)
     (a,) = cc.CLIPTextEncode().encode(clip, "a fox")
     (neg,) = cc.CLIPTextEncode().encode(clip, "")
     (lat,) = cl.EmptyLatentImage().generate(64, 64, 1)

@@ -5,14 +5,17 @@ import dataclasses
 
 import pytest
 import torch
-
 from lora_lab.nodes.defs import core_conditioning as cc
 from lora_lab.nodes.defs import core_latent as cl
 from lora_lab.nodes.defs.node_defs import LoraLabSampler
 from lora_lab.nodes.io.errors import NodeInputError
 from lora_lab.nodes.model.runner_types import ClipHandle, VaeHandle
 from lora_lab.nodes.sampling.comfy_ksampler import prepare_noise_indexed, reshape_mask
-from lora_lab.nodes.sampling.latent_ops import crop_pixels, encode_for_inpaint, vae_encode
+from lora_lab.nodes.sampling.latent_ops import (
+    crop_pixels,
+    encode_for_inpaint,
+    vae_encode,
+)
 from lora_lab.nodes.sampling.samplers import prepare_noise
 from lora_lab.nodes.sampling.txt2img import SampleSettings, generate
 
