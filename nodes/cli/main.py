@@ -1,7 +1,7 @@
 """`lora-lab` command line. Subcommands live in SUBCOMMANDS: name -> (help, add_arguments, handler).
 
     lora-lab run GRAPH... [--set NODE.input=VALUE]... [--sweep NODE.input=V1,V2,...]...
-                 [--models-dir DIR] [--output-dir DIR] [--quiet] [--json] [--validate-only]
+                 [--models-dir DIR] [--output-dir DIR] [--input-dir DIR] [--quiet] [--json] [--validate-only]
                  [--fail-fast] [--cache-runs N] [--verbose]
 
 Exit codes: 0 every graph succeeded; 1 at least one failed; 2 bad command line;
@@ -133,6 +133,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir",
                    help="models folder (checkpoints/, loras/); default $LORA_LAB_MODELS_DIR or ./models")
     p.add_argument("--output-dir", help="output folder; default $LORA_LAB_OUTPUT_DIR or ./output")
+    p.add_argument("--input-dir", help="LoadImage's folder; default $LORA_LAB_INPUT_DIR or ./input")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no per-graph lines (errors still)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary (JSON) on stdout")
     p.add_argument("--validate-only", action="store_true", help="load, override and validate; run nothing")
@@ -251,9 +252,9 @@ def cmd_run(args, registry: dict | None = None, out=None, err=None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     display_names = None
-    if registry is None:  # the pack's own nodes (the graph layer is handed them, never imports them)
-        from ..defs.node_defs import NODE_CLASS_MAPPINGS as registry
-        from ..defs.node_defs import NODE_DISPLAY_NAME_MAPPINGS as display_names
+    if registry is None:  # our nodes + ComfyUI's core ids (the graph layer is handed them, never imports them)
+        from ..defs.runner_registry import RUNNER_CLASS_MAPPINGS as registry
+        from ..defs.runner_registry import RUNNER_DISPLAY_NAME_MAPPINGS as display_names
     try:
         sets, sweeps, files = _plan(args)
     except LoraLabError as e:
@@ -275,7 +276,7 @@ def cmd_run(args, registry: dict | None = None, out=None, err=None) -> int:
     bar = tqdm(total=len(plan), desc="graphs", unit="run", disable=args.quiet, dynamic_ncols=True)
     try:
         with _quiet_node_bars(args.quiet), _sigterm_as_interrupt(), \
-                standalone_dirs(args.models_dir, args.output_dir):
+                standalone_dirs(args.models_dir, args.output_dir, args.input_dir):
             for path, rec, assignments in plan:
                 if path not in loaded:
                     loaded.clear()  # one graph file at a time

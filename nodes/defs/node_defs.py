@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger(__name__)
+from .common import CATEGORY, MAX_SEED, MODEL, VAE
+from .common import lora_names as _lora_names
+from .common import with_run_label as _with_run_label
 
-MODEL = "LORA_LAB_MODEL"
-CATEGORY = "LoRA Lab"
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
+log = logging.getLogger(__name__)
 
 
 def _sampler_names():
@@ -60,11 +60,12 @@ class LoraLabCheckpointLoader:
 
 
 class LoraLabSampler:
-    """Sample: text to image with ComfyUI's KSampler samplers, schedules and seeding."""
+    """Sample: text to image with ComfyUI's KSampler samplers, schedules and seeding; from a latent or
+    an image (img2img with denoise, a second hires pass), with a mask (inpainting)."""
 
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    RETURN_NAMES = ("images", "latent")
     FUNCTION = "sample"
 
     @classmethod
@@ -86,22 +87,39 @@ class LoraLabSampler:
             "optional": {
                 "clip_skip": ("INT", {"default": 0, "min": 0, "max": 24,
                                       "tooltip": "0 = model default; 1 = last layer, 2 = penultimate (A1111 terms)"}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "with a latent or image: how much of it is redrawn (1 = all)"}),
+                "latent": ("LATENT", {"tooltip": "start from this latent (width/height/batch_size then unused)"}),
+                "image": ("IMAGE", {"tooltip": "start from this image, encoded with the VAE (img2img)"}),
+                "mask": ("MASK", {"tooltip": "inpainting: 1 = redraw, 0 = keep"}),
+                "vae": (VAE, {"tooltip": "a VAE from Load VAE, used instead of the checkpoint's"}),
             },
         }
 
     def sample(self, model, prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
-               batch_size, clip_skip=0):
+               batch_size, clip_skip=0, denoise=1.0, latent=None, image=None, mask=None, vae=None):
         from ..demo.demo_lora import ensure_named
         from ..io.progress import Progress
         from ..lora.lora_stack import strip_prompt_loras
-        from ..sampling.txt2img import SampleSettings, generate
+        from ..sampling.txt2img import SampleSettings
 
         ensure_named(e.name for e in strip_prompt_loras(prompt)[1])  # <lora:...> tags naming a demo LoRA
 
         s = SampleSettings(prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
                            batch_size, clip_skip)
+        from .nodes_vae import decode_with, start_latent
+
+        start = start_latent(model, latent, image, mask, vae)
         with Progress(steps, desc="sample") as bar:
-            return (generate(model, s, progress=bar),)
+            if start is None and float(denoise) == 1.0:  # plain text to image
+                from ..sampling.txt2img import txt2img_latents
+
+                out = {"samples": txt2img_latents(model, s, progress=bar).float().cpu() / model.vae_scaling_factor}
+            else:
+                from ..sampling.img2img import sample_latent
+
+                out = sample_latent(model, s, start, float(denoise), progress=bar)
+        return (decode_with(model, vae, out["samples"]), out)
 
 
 class LoraLabSaveImage:
@@ -135,13 +153,6 @@ class LoraLabSaveImage:
             sub = p.parent.relative_to(root.resolve()).as_posix()
             ui.append({"filename": p.name, "subfolder": "" if sub == "." else sub, "type": "output"})
         return {"ui": {"images": ui}, "result": ()}
-
-
-def _lora_names():
-    from ..demo.demo_lora import with_demo_names
-    from ..io.paths import LORA_EXTENSIONS, list_names
-
-    return with_demo_names(list_names("loras", LORA_EXTENSIONS))  # demo LoRAs are written on first use
 
 
 _STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}
@@ -217,16 +228,6 @@ class LoraLabLoraStack:
         return (new, out_stack, words)
 
 
-def _with_run_label(prefix: str) -> str:
-    """The headless runner labels each run of a sweep; saved names carry that label."""
-    try:
-        from ..graph.executor import current_run_label
-    except ImportError:
-        return prefix
-    label = current_run_label()
-    return f"{prefix}_{label}" if label else prefix
-
-
 NODE_CLASS_MAPPINGS = {
     "LoraLabCheckpointLoader": LoraLabCheckpointLoader,
     "LoraLabSampler": LoraLabSampler,
@@ -243,8 +244,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
 }
 
 # Nodes of the other areas live in their own modules (each as thin as these).
-from . import nodes_merge, nodes_sweep, nodes_train  # noqa: E402
+from . import nodes_merge, nodes_sweep, nodes_train, nodes_vae
 
-for _area in (nodes_merge, nodes_train, nodes_sweep):
+for _area in (nodes_merge, nodes_train, nodes_sweep, nodes_vae):
     NODE_CLASS_MAPPINGS.update(_area.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_area.NODE_DISPLAY_NAME_MAPPINGS)

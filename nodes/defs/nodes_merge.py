@@ -77,7 +77,7 @@ class LoraLabMergeToCheckpoint:
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
-    def merge(self, model, filename_prefix, dtype, format, prompt=None, extra_pnginfo=None):  # noqa: A002
+    def merge(self, model, filename_prefix, dtype, format, prompt=None, extra_pnginfo=None):
         from ..io.errors import LoraLabError, NodeInputError
         from ..merge.merge import DTYPES, FORMATS, merge_checkpoint
 

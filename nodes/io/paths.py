@@ -1,11 +1,12 @@
 """Model and output folders.
 
 Inside ComfyUI the folders come from its `folder_paths` module ("checkpoints", "loras",
-"output"). Standalone they are `<models_dir>/checkpoints`, `<models_dir>/loras` and
-`<output_dir>`, where models_dir / output_dir come from, in order: `standalone_dirs(...)`
-(the CLI's --models-dir / --output-dir), the environment variables LORA_LAB_MODELS_DIR /
-LORA_LAB_OUTPUT_DIR, and the defaults `./models` and `./output` (relative to the current
-working directory).
+"vae", "input", "output"). Standalone they are `<models_dir>/checkpoints`, `<models_dir>/loras`,
+`<models_dir>/vae`, `<input_dir>` and `<output_dir>`, where models_dir / output_dir / input_dir
+come from, in order: `standalone_dirs(...)` (the CLI's --models-dir / --output-dir /
+--input-dir), the environment variables LORA_LAB_MODELS_DIR / LORA_LAB_OUTPUT_DIR /
+LORA_LAB_INPUT_DIR, and the defaults `./models`, `./output` and `./input` (relative to the
+current working directory).
 
 Every name is resolved inside its folder: absolute paths, `..` and symlinks that leave the
 folder are refused with ModelPathError.
@@ -20,9 +21,11 @@ from pathlib import Path
 
 from .errors import ModelPathError
 
-KINDS = ("checkpoints", "loras", "output")
+KINDS = ("checkpoints", "loras", "vae", "input", "output")
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 LORA_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+VAE_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 _dirs: contextvars.ContextVar = contextvars.ContextVar("lora_lab_dirs", default=None)
 
@@ -35,9 +38,10 @@ def _comfy_folder_paths():
 
 
 @contextlib.contextmanager
-def standalone_dirs(models_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None):
+def standalone_dirs(models_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
+                    input_dir: str | os.PathLike | None = None):
     """Use these folders (standalone mode) inside the `with` block."""
-    token = _dirs.set((models_dir, output_dir))
+    token = _dirs.set((models_dir, output_dir, input_dir))
     try:
         yield
     finally:
@@ -45,7 +49,7 @@ def standalone_dirs(models_dir: str | os.PathLike | None = None, output_dir: str
 
 
 def models_dir() -> Path:
-    chosen = (_dirs.get() or (None, None))[0]
+    chosen = (_dirs.get() or (None, None, None))[0]
     return Path(chosen or os.environ.get("LORA_LAB_MODELS_DIR") or "models").absolute()
 
 
@@ -53,8 +57,17 @@ def output_dir() -> Path:
     fp = _comfy_folder_paths()
     if fp is not None and (_dirs.get() is None):
         return Path(fp.get_output_directory())
-    chosen = (_dirs.get() or (None, None))[1]
+    chosen = (_dirs.get() or (None, None, None))[1]
     return Path(chosen or os.environ.get("LORA_LAB_OUTPUT_DIR") or "output").absolute()
+
+
+def input_dir() -> Path:
+    """Where LoadImage / LoadImageMask read (ComfyUI's input directory)."""
+    fp = _comfy_folder_paths()
+    if fp is not None and (_dirs.get() is None):
+        return Path(fp.get_input_directory())
+    chosen = (_dirs.get() or (None, None, None))[2]
+    return Path(chosen or os.environ.get("LORA_LAB_INPUT_DIR") or "input").absolute()
 
 
 def folders(kind: str) -> list[Path]:
@@ -63,6 +76,8 @@ def folders(kind: str) -> list[Path]:
         raise ValueError(f"unknown folder kind {kind!r}; expected one of {KINDS}")
     if kind == "output":
         return [output_dir()]
+    if kind == "input":
+        return [input_dir()]
     fp = _comfy_folder_paths()
     if fp is not None and _dirs.get() is None:
         return [Path(p) for p in fp.get_folder_paths(kind)]

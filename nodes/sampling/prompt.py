@@ -130,9 +130,12 @@ def _final_layer_norm(model) -> torch.nn.Module:
     return getattr(model, "text_model", model).final_layer_norm
 
 
-def _encode_tower(tower: _Tower, text: str, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(z [1, 77*k, D] float32, pooled [1, P] float32 or None) for one encoder."""
+def _encode_tower(tower: _Tower, text: str, clip_skip: int, min_chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(z [1, 77*k, D] float32, pooled [1, P] float32 or None) for one encoder; empty-prompt
+    chunks are appended up to `min_chunks` (CLIPTextEncodeSDXL evens out its two towers so)."""
     chunks = tokenize_weighted(tower.tokenizer, text, tower.pad_with_end)
+    while len(chunks) < min_chunks:
+        chunks += tokenize_weighted(tower.tokenizer, "", tower.pad_with_end)
     ids = [[t for t, _ in c] for c in chunks]
     weights = [[w for _, w in c] for c in chunks]
     has_weights = any(w != 1.0 for row in weights for w in row)
@@ -166,6 +169,27 @@ def _encode_tower(tower: _Tower, text: str, clip_skip: int) -> tuple[torch.Tenso
         z = torch.where(w != 1.0, (zk - z_empty) * w + z_empty, zk)
     z = z[: len(chunks)].reshape(1, len(chunks) * CHUNK_LENGTH, z.shape[-1])  # chunks along tokens
     return z, pooled
+
+
+def _skip(handle, clip_skip):
+    skip = handle.default_clip_skip if clip_skip is None else clip_skip
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
+        raise ValueError(f"clip_skip must be an int >= 1 (1 = last layer), got {clip_skip!r}")
+    return max(1, skip - handle.text_layers_dropped)
+
+
+def encode_prompt_sdxl(handle, text_g: str, text_l: str, clip_skip: int | None = None) -> Conditioning:
+    """CLIPTextEncodeSDXL: text_l for CLIP-L, text_g for bigG; the shorter padded with empty chunks."""
+    if handle.family != "sdxl":
+        raise ValueError(f"separate text_g / text_l need an SDXL model, got {handle.label}")
+    skip = _skip(handle, clip_skip)
+    t_l, t_g = _towers(handle)
+    n = max(len(tokenize_weighted(t_l.tokenizer, text_l, t_l.pad_with_end)),
+            len(tokenize_weighted(t_g.tokenizer, text_g, t_g.pad_with_end)))
+    z_l, _ = _encode_tower(t_l, text_l, skip, n)
+    z_g, pooled = _encode_tower(t_g, text_g, skip, n)
+    cond = torch.cat([z_l, z_g.to(z_l.device)], dim=-1)
+    return Conditioning(cond, pooled.to(z_l.device))
 
 
 def encode_prompt(handle, text: str, clip_skip: int | None = None) -> Conditioning:

@@ -102,6 +102,12 @@ def decode_latents(handle, latents: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(handle, s: SampleSettings, progress=None) -> torch.Tensor:
     """Run the whole text-to-image path; returns IMAGE [batch, height, width, 3]."""
+    return decode_latents(handle, txt2img_latents(handle, s, progress))
+
+
+@torch.no_grad()
+def txt2img_latents(handle, s: SampleSettings, progress=None) -> torch.Tensor:
+    """The sampled latents [B, 4, h, w] in the model's (scaled) latent space."""
     from ..lora.lora_stack import add_loras, strip_prompt_loras
     from ..lora.patcher import activate
     from .samplers import ksample, prepare_noise
@@ -134,6 +140,5 @@ def generate(handle, s: SampleSettings, progress=None) -> torch.Tensor:
         if progress is not None:
             progress.update(1)
 
-    samples = ksample(_apply_model_fn(handle.unet), schedule, latent.to(device), noise.to(device),
-                      sigmas.to(device), cond, uncond, s.cfg, s.sampler_name, s.seed, callback=callback)
-    return decode_latents(handle, samples)
+    return ksample(_apply_model_fn(handle.unet), schedule, latent.to(device), noise.to(device),
+                   sigmas.to(device), cond, uncond, s.cfg, s.sampler_name, s.seed, callback=callback)

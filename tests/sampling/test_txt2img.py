@@ -53,8 +53,9 @@ def test_bad_settings_name_node_input_value(field, value):
 
 
 def test_sampler_node_returns_comfy_image(tiny_handles):
-    (img,) = LoraLabSampler().sample(tiny_handles["sd1"], "a fox", "", 3, 2, 5.0, "euler", "normal", 64, 64, 1)
+    img, latent = LoraLabSampler().sample(tiny_handles["sd1"], "a fox", "", 3, 2, 5.0, "euler", "normal", 64, 64, 1)
     assert img.shape == (1, 64, 64, 3)
+    assert latent["samples"].shape == (1, 4, 8, 8)  # ComfyUI's LATENT: raw VAE latents
 
 
 def test_demo_checkpoint_is_deterministic(tmp_path):

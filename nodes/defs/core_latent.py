@@ -1,0 +1,244 @@
+"""ComfyUI's core latent and sampler nodes for the headless runner (ComfyUI 0.3.64 ids, inputs,
+defaults), run by sampling/comfy_ksampler.py and sampling/latent_ops.py. LATENT is ComfyUI's
+dict {"samples": raw VAE latents [B, 4, h, w], "noise_mask"?, "batch_index"?}; nodes return
+new dicts and never change the one they received."""
+from __future__ import annotations
+
+MAX_RESOLUTION = 16384
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def _sampler_names():
+    from ..sampling.sampler_names import SAMPLER_NAMES
+
+    return list(SAMPLER_NAMES)
+
+
+def _scheduler_names():
+    from ..sampling.schedules import SCHEDULER_NAMES
+
+    return list(SCHEDULER_NAMES)
+
+
+def run_ksampler(node, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, **kw):
+    from ..io.progress import Progress
+    from ..sampling.comfy_ksampler import KSamplerSettings, ksampler
+
+    s = KSamplerSettings(int(seed), int(steps), float(cfg), sampler_name, scheduler, node=node, **kw)
+    with Progress(s.steps, desc=node) as bar:
+        return ksampler(model, s, positive, negative, latent, callback=lambda *a: bar.update(1))
+
+
+class EmptyLatentImage:
+    CATEGORY = "latent"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "width": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8}),
+            "height": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+        }}
+
+    def generate(self, width, height, batch_size=1):
+        import torch
+
+        return ({"samples": torch.zeros([batch_size, 4, height // 8, width // 8])},)
+
+
+class KSampler:
+    CATEGORY = "sampling"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "sampler_name": (_sampler_names(),),
+            "scheduler": (_scheduler_names(),),
+            "positive": ("CONDITIONING",),
+            "negative": ("CONDITIONING",),
+            "latent_image": ("LATENT",),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+        }}
+
+    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+               denoise=1.0):
+        return (run_ksampler("KSampler", model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                             latent_image, denoise=float(denoise)),)
+
+
+class KSamplerAdvanced:
+    CATEGORY = "sampling"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "add_noise": (["enable", "disable"],),
+            "noise_seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "sampler_name": (_sampler_names(),),
+            "scheduler": (_scheduler_names(),),
+            "positive": ("CONDITIONING",),
+            "negative": ("CONDITIONING",),
+            "latent_image": ("LATENT",),
+            "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000}),
+            "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
+            "return_with_leftover_noise": (["disable", "enable"],),
+        }}
+
+    def sample(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
+               latent_image, start_at_step, end_at_step, return_with_leftover_noise, denoise=1.0):
+        return (run_ksampler("KSamplerAdvanced", model, noise_seed, steps, cfg, sampler_name, scheduler, positive,
+                             negative, latent_image, denoise=float(denoise), add_noise=add_noise != "disable",
+                             start_step=int(start_at_step), last_step=int(end_at_step),
+                             force_full_denoise=return_with_leftover_noise != "enable"),)
+
+
+class VAEDecode:
+    CATEGORY = "latent"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "vae": ("VAE",)}}
+
+    def decode(self, vae, samples):
+        from ..sampling.latent_ops import vae_decode
+
+        return (vae_decode(vae, samples["samples"]),)
+
+
+class VAEEncode:
+    CATEGORY = "latent"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"pixels": ("IMAGE",), "vae": ("VAE",)}}
+
+    def encode(self, vae, pixels):
+        from ..sampling.latent_ops import vae_encode
+
+        return ({"samples": vae_encode(vae, pixels)},)
+
+
+class VAEEncodeForInpaint:
+    CATEGORY = "latent/inpaint"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"pixels": ("IMAGE",), "vae": ("VAE",), "mask": ("MASK",),
+                             "grow_mask_by": ("INT", {"default": 6, "min": 0, "max": 64, "step": 1})}}
+
+    def encode(self, vae, pixels, mask, grow_mask_by=6):
+        from ..sampling.latent_ops import encode_for_inpaint
+
+        return (encode_for_inpaint(vae, pixels, mask, int(grow_mask_by)),)
+
+
+class SetLatentNoiseMask:
+    CATEGORY = "latent/inpaint"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "set_mask"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "mask": ("MASK",)}}
+
+    def set_mask(self, samples, mask):
+        return ({**samples, "noise_mask": mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1]))},)
+
+
+_LATENT_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
+
+
+class LatentUpscale:
+    CATEGORY = "latent"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "upscale"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = {"default": 512, "min": 0, "max": MAX_RESOLUTION, "step": 8}
+        return {"required": {"samples": ("LATENT",), "upscale_method": (list(_LATENT_METHODS),),
+                             "width": ("INT", dict(size)), "height": ("INT", dict(size)),
+                             "crop": (["disabled", "center"],)}}
+
+    def upscale(self, samples, upscale_method, width, height, crop):
+        from ..sampling.latent_ops import latent_upscale
+
+        return (latent_upscale(samples, upscale_method, int(width), int(height), crop),)
+
+
+class LatentUpscaleBy:
+    CATEGORY = "latent"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "upscale"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "upscale_method": (list(_LATENT_METHODS),),
+                             "scale_by": ("FLOAT", {"default": 1.5, "min": 0.01, "max": 8.0, "step": 0.01})}}
+
+    def upscale(self, samples, upscale_method, scale_by):
+        from ..sampling.latent_ops import latent_upscale_by
+
+        return (latent_upscale_by(samples, upscale_method, float(scale_by)),)
+
+
+class RepeatLatentBatch:
+    CATEGORY = "latent/batch"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "repeat"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "amount": ("INT", {"default": 1, "min": 1, "max": 64})}}
+
+    def repeat(self, samples, amount):
+        from ..sampling.latent_ops import repeat_latent_batch
+
+        return (repeat_latent_batch(samples, int(amount)),)
+
+
+class LatentFromBatch:
+    CATEGORY = "latent/batch"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "frombatch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",),
+                             "batch_index": ("INT", {"default": 0, "min": 0, "max": 63}),
+                             "length": ("INT", {"default": 1, "min": 1, "max": 64})}}
+
+    def frombatch(self, samples, batch_index, length):
+        from ..sampling.latent_ops import latent_from_batch
+
+        return (latent_from_batch(samples, int(batch_index), int(length)),)
+
+
+_CLASSES = (EmptyLatentImage, KSampler, KSamplerAdvanced, VAEDecode, VAEEncode, VAEEncodeForInpaint,
+            SetLatentNoiseMask, LatentUpscale, LatentUpscaleBy, RepeatLatentBatch, LatentFromBatch)
+NODE_CLASS_MAPPINGS = {c.__name__: c for c in _CLASSES}
+NODE_DISPLAY_NAME_MAPPINGS = {"EmptyLatentImage": "Empty Latent Image", "KSampler": "KSampler",
+                              "KSamplerAdvanced": "KSampler (Advanced)", "VAEDecode": "VAE Decode",
+                              "VAEEncode": "VAE Encode", "VAEEncodeForInpaint": "VAE Encode (for Inpainting)",
+                              "SetLatentNoiseMask": "Set Latent Noise Mask", "LatentUpscale": "Upscale Latent",
+                              "LatentUpscaleBy": "Upscale Latent By", "RepeatLatentBatch": "Repeat Latent Batch",
+                              "LatentFromBatch": "Latent From Batch"}
