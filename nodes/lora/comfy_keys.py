@@ -162,6 +162,7 @@ def is_text_key(key: str) -> bool:
     return bool(_TEXT_KEY.match(key))
 
 
+@torch.no_grad()  # a weight that requires grad (ComfyUI's training nodes) must not fail the out= ops
 def patch_weight(weight: torch.Tensor, entries: tuple, param: str, strength: float = 1.0, function=None,
                  device_cache: dict | None = None) -> torch.Tensor:
     """weight (ComfyUI's fp32 working copy of one parameter) += the entries, in place; returned.
