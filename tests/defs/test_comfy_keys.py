@@ -62,7 +62,7 @@ def test_every_target_has_its_own_comfy_key(family, name):
 
 
 def test_family_without_clip_and_errors():
-    unet, clip = comfy_layout(reference("sdxl_checkpoint_keys.json"), "sdxl")
+    unet, _ = comfy_layout(reference("sdxl_checkpoint_keys.json"), "sdxl")
     assert comfy_keys.family_from_shapes(unet, None) == "sdxl"
     h = comfy_keys.skeleton_from_comfy(unet, None)  # model-only: the family's full-size text towers
     assert [e.config.hidden_size for e in h.text_encoders] == [768, 1280]
