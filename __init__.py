@@ -11,6 +11,16 @@ from .nodes.defs.node_defs import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPING
 
 WEB_DIRECTORY = "./js"
 
+# LoRA Lab's nodes on ComfyUI's MODEL / CLIP types: only inside ComfyUI (its modules are loaded
+# before any pack); elsewhere the headless runner reports them as needing ComfyUI.
+from .nodes.defs.comfy_patches import comfy_available as _comfy_available
+
+if _comfy_available():
+    from .nodes.defs import comfy_lora_nodes as _comfy_nodes
+
+    NODE_CLASS_MAPPINGS = {**NODE_CLASS_MAPPINGS, **_comfy_nodes.NODE_CLASS_MAPPINGS}
+    NODE_DISPLAY_NAME_MAPPINGS = {**NODE_DISPLAY_NAME_MAPPINGS, **_comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS}
+
 if "server" in _sys.modules:  # running inside ComfyUI: add the editor's routes (cheap, no I/O)
     try:
         from .nodes.defs.server_routes import register_routes

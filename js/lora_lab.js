@@ -2,6 +2,8 @@
 // modules, tested with `node --test js/tests/`) and the DOM in ./ui. Standard hooks and
 // standard/DOM widgets only: no canvas drawing, no overridden app or api methods.
 //
+//   (the MODEL/CLIP variants LoraLabLoraLoaderModelClip, LoraLabLoraStackModelClip and
+//   LoraLabPromptLoraTags get exactly what Load LoRA, Stack LoRAs and Sample get)
 //   Stack LoRAs     rows editor over its `loras` text (+ LoRA info and missing-file warning)
 //   Load LoRA       LoRA info (family, rank/alpha, trigger words, tags) + missing-file warning
 //   Strength Sweep  the same for its LoRA(s)
@@ -36,15 +38,16 @@ function setupNode(node) {
   const type = node.comfyClass;
   if (!type?.startsWith("LoraLab")) return;
   const c = {};
-  if (type === "LoraLabLoraLoader" || type === "LoraLabStrengthSweep") {
+  if (type === "LoraLabLoraLoader" || type === "LoraLabLoraLoaderModelClip" || type === "LoraLabStrengthSweep") {
     c.panel = attachLoraPanel(node, catalog, { focusName: () => findWidget(node, "lora_name")?.value ?? null });
     for (const name of ["lora_name", "lora2_name", "axis2"]) afterChange(findWidget(node, name), () => c.panel.refresh());
-  } else if (type === "LoraLabLoraStack") {
+  } else if (type === "LoraLabLoraStack" || type === "LoraLabLoraStackModelClip") {
     c.editor = attachStackEditor(node, catalog, () => c.panel);
     c.panel = attachLoraPanel(node, catalog, { focusName: () => c.editor?.focusName() ?? null });
-  } else if (type === "LoraLabSampler") {
+  } else if (type === "LoraLabSampler" || type === "LoraLabPromptLoraTags") {
     c.panel = attachLoraPanel(node, catalog, { warningsOnly: true });
-    afterChange(findWidget(node, "prompt"), () => c.panel.refresh()); // typing runs the callback too
+    const prompt = findWidget(node, "prompt") ?? findWidget(node, "text");
+    afterChange(prompt, () => c.panel.refresh()); // typing runs the callback too
   } else if (type.startsWith("LoraLabTrain")) {
     c.monitor = attachTrainMonitor(node);
     const previous = node.onExecuted;

@@ -20,8 +20,10 @@ export function referencedLoras(nodeType, values) {
   const v = values ?? {};
   switch (nodeType) {
     case "LoraLabLoraLoader":
+    case "LoraLabLoraLoaderModelClip":
       return v.lora_name ? [v.lora_name] : [];
     case "LoraLabLoraStack":
+    case "LoraLabLoraStackModelClip":
       return activeEntries(parseStack(v.loras ?? "")).map((e) => e.name).filter(Boolean);
     case "LoraLabStrengthSweep": {
       const out = v.lora_name ? [v.lora_name] : [];
@@ -30,6 +32,8 @@ export function referencedLoras(nodeType, values) {
     }
     case "LoraLabSampler":
       return promptLoras(v.prompt);
+    case "LoraLabPromptLoraTags":
+      return promptLoras(v.text);
     default:
       return [];
   }

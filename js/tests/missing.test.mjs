@@ -25,6 +25,10 @@ test("what each node references", () => {
     ["a", "b"]);
   assert.deepEqual(referencedLoras("LoraLabSampler", { prompt: "x <lora:p:0.5> y <lora:q:1:0.2>" }), ["p", "q"]);
   assert.deepEqual(referencedLoras("KSampler", { lora_name: "a" }), []);
+  // the MODEL/CLIP nodes reference what their LORA_LAB_MODEL twins do
+  assert.deepEqual(referencedLoras("LoraLabLoraLoaderModelClip", { lora_name: "a.safetensors" }), ["a.safetensors"]);
+  assert.deepEqual(referencedLoras("LoraLabLoraStackModelClip", { loras: "a:1\n# b:1\n<lora:c:0.5>" }), ["a", "c"]);
+  assert.deepEqual(referencedLoras("LoraLabPromptLoraTags", { text: "x <lora:p:0.5> y" }), ["p"]);
   assert.deepEqual(promptLoras(undefined), []);
 });
 

@@ -48,6 +48,11 @@ CLIPMergeSimple ModelSamplingDiscrete ModelSamplingContinuousEDM RescaleCFG Pert
 PrimitiveInt PrimitiveFloat PrimitiveString PrimitiveStringMultiline PrimitiveBoolean
 """.split())
 
+# LoRA Lab's own nodes on ComfyUI's MODEL / CLIP / VAE types (nodes/defs/comfy_lora_nodes.py):
+# registered inside ComfyUI only, since their inputs are ComfyUI's objects.
+COMFYUI_TYPED_NODES = frozenset({"LoraLabLoraLoaderModelClip", "LoraLabLoraStackModelClip",
+                                 "LoraLabPromptLoraTags", "LoraLabToComfy", "LoraLabFromComfy"})
+
 
 def _short(value, limit: int = 80) -> str:
     text = repr(value)
@@ -153,6 +158,10 @@ class _Validator:
             if class_type in COMFYUI_ONLY_NODES:
                 self.problem("comfyui_only", f"{class_type} is a ComfyUI core node; only ComfyUI can run it "
                              "(queue this graph in ComfyUI, or use the LoRA Lab equivalent)", node_id)
+                continue
+            if class_type in COMFYUI_TYPED_NODES:
+                self.problem("comfyui_only", f"{class_type} works on ComfyUI's MODEL / CLIP objects; only ComfyUI "
+                             "can run it (queue this graph in ComfyUI, or use the LORA_LAB_MODEL nodes)", node_id)
                 continue
             close = difflib.get_close_matches(class_type, list(self.registry), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""

@@ -120,12 +120,26 @@ def trigger_words(path: Path, metadata: dict, top: int = 10) -> str:
     return ", ".join(out)
 
 
+def _unet_only(handle, raw):
+    """`raw` without the layers whose every target is a text encoder's."""
+    import dataclasses
+
+    from .patcher import state_for
+
+    index = state_for(handle).index
+    keep = {n: a for n, a in raw.adapters.items()
+            if not (index.lookup(n) and all(t.component != "unet" for t in index.lookup(n)))}
+    return raw if len(keep) == len(raw.adapters) else dataclasses.replace(raw, adapters=keep)
+
+
 def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "loras",
-              block_weights: str = "") -> tuple:
+              block_weights: str = "", text: bool = True) -> tuple:
     """A new handle with `entries` appended to its patches, plus the joined trigger words.
 
     Each LoRA is matched against the model now, so a LoRA for another family fails here with
     both families named, and a partial match is logged with its count and first keys.
+    text=False (a UNet without its text encoders, e.g. ComfyUI's model-only use): the file's
+    text-encoder layers are left out before matching (neither applied nor checked).
     """
     from .block_weights import parse_block_weights
     from .lora_formats import read_lora
@@ -140,6 +154,8 @@ def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "l
         try:
             path = resolve_lora(e.name)
             raw = read_lora(path)
+            if not text:
+                raw = _unet_only(handle, raw)
             report = match_report(handle, raw)
         except LoraLabError as err:
             raise NodeInputError(node, input_name, e.name, str(err)) from None
