@@ -5,6 +5,7 @@ prompt -> conditioning (prompt.encode_prompt) -> seeded noise and sigmas (sample
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ class SampleSettings:
     height: int = 512
     batch_size: int = 1
     clip_skip: int = 0  # 0 = the family's default (A1111 terms: 1 = last layer, 2 = penultimate)
+    batch_cfg: bool = True  # cond and uncond in one UNet call per step (False: two calls, less memory)
 
     def __post_init__(self):
         from .samplers import SAMPLER_NAMES
@@ -56,6 +58,30 @@ class _Cond:
     added: dict | None
 
 
+# A longer context than this is not made by repeating both sides to a common length.
+_MAX_CONCAT_TOKENS = 77 * 8
+
+
+def concat_conds(cond: _Cond, uncond: _Cond) -> _Cond | None:
+    """cond and uncond as one conditioning of 2 rows (for a batch [x; x], see cfg_denoiser).
+
+    Prompts of different lengths (77 vs 154 tokens) are each repeated to their least common
+    multiple, as ComfyUI does: attention over a context repeated k times is the same
+    attention (every key and value k times: the same softmax weights, split k ways), so the
+    result equals the separate calls within rounding. None when that length would exceed
+    _MAX_CONCAT_TOKENS (then the two run as separate calls).
+    """
+    ta, tb = cond.context.shape[1], uncond.context.shape[1]
+    t = math.lcm(ta, tb)
+    if t > _MAX_CONCAT_TOKENS or cond.context.shape[0] != 1 or uncond.context.shape[0] != 1:
+        return None
+    ctx = torch.cat([cond.context.repeat(1, t // ta, 1), uncond.context.repeat(1, t // tb, 1)])
+    added = None
+    if cond.added is not None:
+        added = {k: torch.cat([cond.added[k], uncond.added[k]]) for k in cond.added}
+    return _Cond(ctx, added)
+
+
 def _conditioning(handle, text: str, clip_skip: int | None, width: int, height: int, device, dtype) -> _Cond:
     from .prompt import encode_prompt
 
@@ -74,10 +100,11 @@ def _apply_model_fn(unet):
 
     def apply_model(x_in: torch.Tensor, timestep: torch.Tensor, cond: _Cond) -> torch.Tensor:
         b = x_in.shape[0]
-        ctx = cond.context.expand(b, -1, -1)
+        n = cond.context.shape[0]  # 1, or 2 for a concat_conds pair: each row for b // n items
+        ctx = cond.context.repeat_interleave(b // n, dim=0) if n > 1 else cond.context.expand(b, -1, -1)
         added = None
         if cond.added is not None:
-            added = {k: v.expand(b, -1) for k, v in cond.added.items()}
+            added = {k: v.repeat_interleave(b // n, dim=0) if n > 1 else v.expand(b, -1) for k, v in cond.added.items()}
         dtype = next(unet.parameters()).dtype
         out = unet(x_in.to(dtype), timestep.to(x_in.device), encoder_hidden_states=ctx,
                    added_cond_kwargs=added, return_dict=False)[0]
@@ -141,4 +168,5 @@ def txt2img_latents(handle, s: SampleSettings, progress=None) -> torch.Tensor:
             progress.update(1)
 
     return ksample(_apply_model_fn(handle.unet), schedule, latent.to(device), noise.to(device),
-                   sigmas.to(device), cond, uncond, s.cfg, s.sampler_name, s.seed, callback=callback)
+                   sigmas.to(device), cond, uncond, s.cfg, s.sampler_name, s.seed, callback=callback,
+                   concat=concat_conds if s.batch_cfg else None)

@@ -79,3 +79,55 @@ def test_sdxl_size_conditioning_stays_fp32(tiny_handles):
     assert c.context.dtype == torch.bfloat16 and c.added["text_embeds"].dtype == torch.bfloat16
     ids = c.added["time_ids"]
     assert ids.dtype == torch.float32 and ids.tolist() == [[1024.0, 2056.0, 0.0, 0.0, 1024.0, 2056.0]]
+
+
+# -- cond and uncond in one batch ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_guidance_equals_two_calls(family, tiny_handles, monkeypatch):
+    """One UNet call on [x; x] with [cond; uncond] per step gives the two-call result within fp32
+    rounding, and really is one call per step (two without batching)."""
+    h = tiny_handles[family]
+    calls = []
+    real_forward = type(h.unet).forward
+
+    def counting_forward(self, sample, *a, **kw):
+        calls.append(sample.shape[0])
+        return real_forward(self, sample, *a, **kw)
+
+    monkeypatch.setattr(type(h.unet), "forward", counting_forward)
+    kw = dict(BASE, prompt="a (red:1.3) fox", seed=3, batch_size=2)
+    one = generate(h, SampleSettings(**kw))
+    assert calls == [4] * BASE["steps"]
+    calls.clear()
+    two = generate(h, SampleSettings(**kw, batch_cfg=False))
+    assert calls == [2] * (2 * BASE["steps"])
+    assert not torch.equal(one, torch.zeros_like(one))
+    torch.testing.assert_close(one, two, rtol=0, atol=1e-4)
+
+
+def test_batched_guidance_with_prompts_of_different_lengths(tiny_handles):
+    """A 154-token prompt against a 77-token negative: both repeated to 154 tokens (ComfyUI's
+    rule), the same attention, so the same image within rounding."""
+    from lora_lab.nodes.sampling.txt2img import _conditioning, concat_conds
+
+    h = tiny_handles["sd1"]
+    long_prompt = ", ".join(["a red fox in the snow"] * 20)
+    c = _conditioning(h, long_prompt, None, 64, 64, "cpu", torch.float32)
+    u = _conditioning(h, "blurry", None, 64, 64, "cpu", torch.float32)
+    assert c.context.shape[1] == 154 and u.context.shape[1] == 77
+    both = concat_conds(c, u)
+    assert both.context.shape[:2] == (2, 154)
+    assert torch.equal(both.context[1, 77:], u.context[0])
+    kw = dict(BASE, prompt=long_prompt, seed=2)
+    torch.testing.assert_close(generate(h, SampleSettings(**kw)), generate(h, SampleSettings(**kw, batch_cfg=False)),
+                               rtol=0, atol=1e-4)
+
+
+def test_concat_conds_declines_very_long_common_lengths(tiny_handles):
+    from lora_lab.nodes.sampling.txt2img import _Cond, concat_conds
+
+    a = _Cond(torch.zeros(1, 77 * 7, 8), None)
+    b = _Cond(torch.zeros(1, 77 * 2, 8), None)
+    assert concat_conds(a, b) is None  # lcm 77*14 tokens: two calls instead
