@@ -149,22 +149,22 @@ CHAIN_BLOCK_BYTES_OTHER = 32 << 20
 
 
 def plain_lora_chain(w0: torch.Tensor, loras, out: torch.Tensor | None = None) -> torch.Tensor:
-    """w0 + each plain LoRA's s·scale·(up @ down), in order; fp32 math, stored in out's dtype.
+    """w0 + each plain LoRA's s·scale·(up @ down); fp32 math, stored in out's dtype.
 
     loras: (adapter, strength) pairs, each `is_plain_lora`, all on w0's device.
-    For an fp16/bf16 weight (or a stack of several LoRAs) this goes row block by row block: a
-    block of w0 is widened into a small fp32 scratch, every LoRA's rows are added there (one
-    addmm each) and the block is narrowed into `out`. So each weight is read once and written
-    once, with no full-size fp32 temporaries, and the result equals the whole-tensor
-    computation: (w0.float() + ΔW1 + ΔW2 ...).to(dtype).
+    A stack is one low-rank product (the exact merge's trick): [up₁·c₁ … upₙ·cₙ] @ [down₁; …; downₙ]
+    with cᵢ = sᵢ·scaleᵢ, so each weight is read and written once and the n rank-r products are
+    one rank-(n·r) GEMM. One LoRA keeps addmm's own alpha (bit-identical to patched_weight).
+    An fp32 weight is one addmm into `out`. An fp16/bf16 weight goes row block by row block: a
+    block of w0 is widened into a small fp32 scratch, the product's rows are added there and the
+    block is narrowed into `out`: no full-size fp32 temporaries, and the result equals the
+    whole-tensor computation (w0.float() + ΔW).to(dtype).
     """
     res = w0.new_empty(w0.shape) if out is None else out  # contiguous, whatever w0's strides
     w2 = w0.reshape(w0.shape[0], -1)
     r2 = res.view(w2.shape)
-    terms = [(a.tensors["up"].reshape(w2.shape[0], -1), a.tensors["down"].reshape(a.tensors["down"].shape[0], -1),
-              s * lora_scale(a)) for a, s in loras]
-    if w0.dtype == torch.float32 and len(terms) == 1:
-        up, down, alpha = terms[0]
+    up, down, alpha = stacked_factors(loras, w2.shape[0])
+    if w0.dtype == torch.float32:
         torch.addmm(w2, up, down, alpha=alpha, out=r2)
         return res
     n, cols = w2.shape
@@ -175,10 +175,24 @@ def plain_lora_chain(w0: torch.Tensor, loras, out: torch.Tensor | None = None) -
         j = min(n, i + step)
         acc = scratch[: (j - i) * cols].view(j - i, cols)
         acc.copy_(w2[i:j])
-        for up, down, alpha in terms:
-            acc.addmm_(up[i:j], down, alpha=alpha)
+        acc.addmm_(up[i:j], down, alpha=alpha)
         r2[i:j].copy_(acc)
     return res
+
+
+def stacked_factors(loras, rows: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(up [rows, R], down [R, cols], alpha) with up @ down · alpha = Σ sᵢ·scaleᵢ·upᵢ @ downᵢ.
+
+    One LoRA: its own tensors and alpha = s·scale (no rescaled copy). Several: the ups scaled
+    by their cᵢ and concatenated along the rank, the downs stacked, alpha 1 (R = Σ rᵢ).
+    """
+    terms = [(a.tensors["up"].reshape(rows, -1), a.tensors["down"].reshape(a.tensors["down"].shape[0], -1),
+              s * lora_scale(a)) for a, s in loras]
+    if len(terms) == 1:
+        return terms[0]
+    up = torch.cat([u.float() * c for u, _, c in terms], dim=1)
+    down = torch.cat([d.float() for _, d, _ in terms], dim=0)
+    return up, down, 1.0
 
 
 def patched_weight(w0: torch.Tensor, a: Adapter, strength: float, rows: tuple | None = None,

@@ -482,3 +482,76 @@ def test_lora_reaches_a_model_on_another_device():
     assert held and not held & {id(a) for e in patcher.plan(p).values() for a, _, _ in e}  # old copies dropped
     patcher.release(p)
     assert st._on_device == {} and st.originals == {} and st.applied == {}
+
+
+# ------------------------------------------------------------------- one-pass stacks
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_one_pass_stack_equals_sequential(dtype):
+    """A stack of 4 LoRAs (different ranks, alphas, strengths, conv layers too) goes through
+    one concatenated low-rank product per weight; the weights equal applying the LoRAs one after
+    the other (patched_weight chained in fp32, narrowed once) within fp32 rounding: for fp32
+    a few ulps of the weight, for fp16/bf16 at most one unit in the last place."""
+    h = make_handle("sd1", seed=21)
+    h.unet.to(dtype)
+    suffixes = ("attn1.to_q", "attn2.to_k", "proj_in", "conv1")
+    sds = [kohya(h, rank=r, alpha=al, seed=s, with_te=False, unet_suffixes=suffixes)
+           for r, al, s in ((4, 2.0, 1), (8, 8.0, 2), (2, 1.0, 3), (4, None, 4))]
+    strengths = (0.8, -0.6, 1.3, 0.25)
+    patches = tuple(_patch(sd, s, name=f"l{i}") for i, (sd, s) in enumerate(zip(sds, strengths)))
+    raws = [p.raw for p in patches]
+    layers = dict(unet_layers(h, suffixes))
+    w0 = {n: m.weight.clone() for n, m in layers.items()}
+    calls = []
+    real_chain = adapters.plain_lora_chain
+
+    def spy(w, loras, out=None):
+        calls.append(len(loras))
+        return real_chain(w, loras, out=out)
+
+    p = h.with_patches(patches)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(patcher, "plain_lora_chain", spy)
+        patcher.activate(p)
+    assert calls and set(calls) == {4}  # every layer: the whole stack in one call
+    conv = 0
+    for name, mod in layers.items():
+        key = "lora_unet_" + name.replace(".", "_")
+        want = w0[name].float()
+        for raw, s in zip(raws, strengths):
+            want = adapters.patched_weight(want, raw.adapters[key], s)
+        got = mod.weight
+        assert got.dtype == dtype and got.shape == w0[name].shape
+        conv += got.ndim == 4
+        if dtype == torch.float32:
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        else:
+            eps = torch.finfo(dtype).eps
+            torch.testing.assert_close(got.float(), want.to(dtype).float(), rtol=eps, atol=eps * 1e-3)
+        assert not torch.equal(got, w0[name])
+    assert conv > 0  # conv1 (3x3) weights went through the same path
+    patcher.restore(p)
+    assert all(torch.equal(m.weight, w0[n]) for n, m in layers.items())
+
+
+def test_one_lora_stays_bit_identical_to_patched_weight():
+    """Concatenation only for stacks: one LoRA is addmm with its own alpha, bit for bit."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(96, 64, generator=g)
+    a = adapters.Adapter("lora", {"up": torch.randn(96, 4, generator=g), "down": torch.randn(4, 64, generator=g)}, alpha=2.0)
+    want = torch.addmm(w, a.tensors["up"], a.tensors["down"], alpha=0.7 * 2.0 / 4)
+    assert torch.equal(adapters.plain_lora_chain(w, [(a, 0.7)]), want)
+    up, down, alpha = adapters.stacked_factors([(a, 0.7)], 96)
+    assert up.data_ptr() == a.tensors["up"].data_ptr() and down.data_ptr() == a.tensors["down"].data_ptr()  # no copies
+    assert alpha == 0.7 * 0.5
+
+
+def test_stack_switch_touches_only_changed_layers(sd1):
+    """Switching within a stack still rewrites only the weights whose entries differ."""
+    a = kohya(sd1, rank=2, seed=1, with_te=False, unet_suffixes=("attn1.to_q", "attn2.to_v"))
+    b = kohya(sd1, rank=2, seed=2, with_te=False, unet_suffixes=("attn2.to_v",))
+    pa, pb = _patch(a, name="a"), _patch(b, name="b")
+    first = patcher.activate(sd1.with_patches((pa,)))
+    changed = patcher.activate(sd1.with_patches((pa, pb)))
+    n_v = len(unet_layers(sd1, ("attn2.to_v",)))
+    assert first == len(unet_layers(sd1, ("attn1.to_q", "attn2.to_v"))) and changed == n_v
+    patcher.restore(sd1)
