@@ -120,6 +120,11 @@ class TensorSource:
     def keys(self):
         return list(self.shapes)
 
+    @property
+    def memory_mapped(self) -> bool:
+        """True when get() returns views of the file's memory map (safetensors), not owned copies."""
+        return self._pickled is None
+
     def get(self, key: str) -> torch.Tensor:
         if self._pickled is not None:
             return self._pickled[key]

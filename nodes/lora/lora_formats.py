@@ -13,12 +13,12 @@ import json
 import logging
 import os
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..io.byte_cache import ByteLRU, budget_from_env, tensor_bytes
 from ..io.errors import LoraLabError
 from ..io.safetensors_io import TensorSource
 from ..model.handle import FAMILY_LABELS
@@ -143,26 +143,38 @@ def parse_state_dict(sd: dict, metadata: dict | None = None, name: str = "") -> 
     return RawLora(name, adapters, tuple(sorted(unknown)), metadata, guess_family(adapters))
 
 
+# Default byte budget of the parsed-LoRA cache (fp32 adapter tensors): ~30 rank-32 SDXL LoRAs.
+LORA_CACHE_BYTES = 2 << 30
+
+
+def raw_lora_bytes(raw: RawLora) -> int:
+    return tensor_bytes(t for a in raw.adapters.values()
+                        for t in (*a.tensors.values(), a.bias, a.dora_scale))
+
+
 class _Cache:
-    def __init__(self, capacity: int = 32):
-        self.capacity = capacity
-        self.items: OrderedDict = OrderedDict()
+    """Parsed LoRA files by (path, size, mtime), bounded by bytes, least recently used out
+    (budget: LORA_LAB_LORA_CACHE_MB or LORA_CACHE_BYTES)."""
+
+    def __init__(self, budget_bytes: int | None = None):
+        budget = budget_from_env("LORA_LAB_LORA_CACHE_MB", LORA_CACHE_BYTES) if budget_bytes is None else budget_bytes
+        self.lru = ByteLRU("loras", budget, raw_lora_bytes)
         self.reads = 0
 
     def get(self, path: Path) -> RawLora:
         st = path.stat()
         key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        self.reads += 1
-        src = TensorSource(path)
-        sd = {k: src.get(k) for k in src.keys()}
-        raw = parse_state_dict(sd, src.metadata, name=path.name)
-        self.items[key] = raw
-        while len(self.items) > self.capacity:
-            self.items.popitem(last=False)
-        return raw
+
+        def load():
+            self.reads += 1
+            src = TensorSource(path)
+            sd = {k: src.get(k) for k in src.keys()}
+            return parse_state_dict(sd, src.metadata, name=path.name)
+
+        return self.lru.get_or_load(key, load)
+
+    def clear(self) -> None:
+        self.lru.clear()
 
 
 LORA_CACHE = _Cache()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..io.byte_cache import ByteLRU, budget_from_env, module_bytes
 from ..io.errors import CheckpointError
 from ..io.safetensors_io import TensorSource
 from . import ckpt_config, ckpt_keys
@@ -104,8 +104,12 @@ def _fit_clip_keys(model, sd: dict) -> dict:
     return {k.removeprefix("text_model."): v for k, v in sd.items()}
 
 
-def _assign(model, sd: dict, what: str, dtype, device):
-    """Load `sd` into a meta-built model by assignment (no second copy of the weights)."""
+def _assign(model, sd: dict, what: str, dtype, device, own: bool = False):
+    """Load `sd` into a meta-built model by assignment (no second copy of the weights).
+
+    own=True: a tensor that needs no dtype/device conversion is copied, so the model never
+    holds a view of the source's memory (a safetensors file's memory map; see load_single_file).
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     extra = [k for k in sd if k not in expected]
@@ -117,7 +121,10 @@ def _assign(model, sd: dict, what: str, dtype, device):
     for k, v in expected.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{what}: tensor {k!r} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
-    cast = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in sd.items()}
+    cast = {}
+    for k, v in sd.items():
+        c = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+        cast[k] = c.clone() if (own and c.data_ptr() == v.data_ptr()) else c
     model.load_state_dict(cast, strict=True, assign=True)
     # Non-persistent buffers stay on meta after an assign-load: rebuild them.
     for mod_name, mod in model.named_modules():
@@ -141,8 +148,8 @@ def vae_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
-def build_components(conv: Converted, dtype=torch.float32, device="cpu") -> dict:
-    """diffusers / transformers modules holding the converted weights."""
+def build_components(conv: Converted, dtype=torch.float32, device="cpu", own: bool = False) -> dict:
+    """diffusers / transformers modules holding the converted weights (own: see _assign)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -154,10 +161,10 @@ def build_components(conv: Converted, dtype=torch.float32, device="cpu") -> dict
             cls = CLIPTextModelWithProjection if (conv.family == "sdxl" and i == 1) else CLIPTextModel
             encoders.append(cls(CLIPTextConfig(**cfg)))
     return {
-        "unet": _assign(unet, conv.unet, "UNet", dtype, device),
-        "vae": _assign(vae, conv.vae, "VAE", vae_dtype(dtype), device),
+        "unet": _assign(unet, conv.unet, "UNet", dtype, device, own),
+        "vae": _assign(vae, conv.vae, "VAE", vae_dtype(dtype), device, own),
         "text_encoders": tuple(
-            _assign(m, _fit_clip_keys(m, sd), f"text encoder {i + 1}", dtype, device)
+            _assign(m, _fit_clip_keys(m, sd), f"text encoder {i + 1}", dtype, device, own)
             for i, (m, sd) in enumerate(zip(encoders, conv.text))
         ),
     }
@@ -172,12 +179,22 @@ def tokenizers_for(family: str) -> tuple:
 
 # ------------------------------------------------------------------------------- loading
 def load_single_file(path: str | os.PathLike, dtype=torch.float32, device="cpu") -> ModelHandle:
+    """A single-file checkpoint as a handle whose weights are its own memory.
+
+    safetensors' get_tensor gives views of the file's memory map. A model left on those views
+    (an fp16 file loaded in fp16: nothing to convert) would load faster, but its weights would
+    change if the file were rewritten in place, and a truncated file would crash the process
+    (SIGBUS) at the next read; the patcher's originals (what a restore puts back) would go with
+    them. So such tensors are copied, as ComfyUI does: one read of the file either way, and the
+    model no longer depends on the file. (A file replaced by a new one, as our writers do with a
+    rename, gets a new mtime: the cache then loads it again.)
+    """
     src = TensorSource(path)
     conv = convert_single_file(src.get, src.shapes, src.metadata)
     if conv.unused_keys:
         log.warning("%s: %d keys not used by any component, e.g. %s", Path(path).name,
                     len(conv.unused_keys), conv.unused_keys[:5])
-    comps = build_components(conv, dtype=dtype, device=device)
+    comps = build_components(conv, dtype=dtype, device=device, own=src.memory_mapped)
     return ModelHandle(
         family=conv.family,
         prediction_type=conv.prediction_type,
@@ -235,29 +252,40 @@ def _dropped_layers(folder: Path, family: str) -> int:
     return 1 if family == "sd2" else 0
 
 
-class _LoadCache:
-    """Reuse a loaded model while its file is unchanged (keyed by path, size and mtime)."""
+# Default byte budget of the checkpoint cache: two SDXL checkpoints in fp16 (~6.9 GB each).
+CHECKPOINT_CACHE_BYTES = 14 << 30
 
-    def __init__(self, capacity: int = 2):
-        self.capacity = capacity
-        self._items: OrderedDict = OrderedDict()
+
+def handle_bytes(handle: ModelHandle) -> int:
+    return module_bytes(handle.unet, handle.vae, *handle.text_encoders)
+
+
+class _LoadCache:
+    """Reuse a loaded model while its file is unchanged (keyed by path, size and mtime).
+
+    Bounded by bytes (the models' parameters and buffers), least recently used out; the
+    budget is LORA_LAB_CHECKPOINT_CACHE_MB or CHECKPOINT_CACHE_BYTES. An evicted model stays
+    alive while a graph still holds its handle; the cache only stops keeping it.
+    """
+
+    def __init__(self, budget_bytes: int | None = None):
+        budget = budget_from_env("LORA_LAB_CHECKPOINT_CACHE_MB", CHECKPOINT_CACHE_BYTES) if budget_bytes is None \
+            else budget_bytes
+        self.lru = ByteLRU("checkpoints", budget, handle_bytes)
         self.loads = 0  # how many real loads happened (tests count them)
 
     def get(self, path: Path, dtype, device) -> ModelHandle:
         st = path.stat()
         key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(dtype), str(device))
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        self.loads += 1
-        handle = (load_diffusers_folder if path.is_dir() else load_single_file)(path, dtype=dtype, device=device)
-        self._items[key] = handle
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-        return handle
+
+        def load():
+            self.loads += 1
+            return (load_diffusers_folder if path.is_dir() else load_single_file)(path, dtype=dtype, device=device)
+
+        return self.lru.get_or_load(key, load)
 
     def clear(self):
-        self._items.clear()
+        self.lru.clear()
 
 
 LOAD_CACHE = _LoadCache()

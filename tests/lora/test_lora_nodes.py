@@ -75,7 +75,7 @@ def test_stack_node_order_stack_input_and_triggers(loras, h):
 
 
 def test_strength_change_does_not_reread(loras, h):
-    lora_formats.LORA_CACHE.items.clear()
+    lora_formats.LORA_CACHE.clear()
     before = lora_formats.LORA_CACHE.reads
     for s in (0.1, 0.5, 0.9):
         LoraLabLoraLoader().load(h, "cat.safetensors", s, s)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import FAMILIES, state_dicts_equal, write_diffusers_config_folder
 
-from lora_lab.nodes.model import checkpoint, ckpt_keys
+from lora_lab.nodes.model import checkpoint, checkpoint_save, ckpt_keys
 from lora_lab.nodes.model.checkpoint import convert_single_file, load_single_file
 from lora_lab.nodes.io.errors import CheckpointError
 
@@ -271,3 +271,40 @@ def test_vae_is_never_fp16(dtype, vae_dtype, tiny_handles, tiny_checkpoints, tmp
         m.save_pretrained(folder / name)
     d = load_diffusers_folder(folder, dtype=dtype)
     assert next(d.unet.parameters()).dtype == dtype and {p.dtype for p in d.vae.parameters()} == {vae_dtype}
+
+
+def test_checkpoint_cache_evicts_by_bytes(tiny_checkpoints):
+    """A budget of one and a half tiny models keeps one: the least recently used goes."""
+    one = checkpoint.handle_bytes(checkpoint.load_checkpoint(tiny_checkpoints["sd1"]))
+    cache = checkpoint._LoadCache(budget_bytes=int(one * 1.5))
+    a = cache.get(tiny_checkpoints["sd1"], torch.float32, "cpu")
+    assert cache.lru.total_bytes == checkpoint.handle_bytes(a) == one
+    cache.get(tiny_checkpoints["sd2"], torch.float32, "cpu")
+    assert len(cache.lru) == 1 and cache.loads == 2
+    assert cache.get(tiny_checkpoints["sd1"], torch.float32, "cpu") is not a and cache.loads == 3  # loaded again
+    big = checkpoint._LoadCache(budget_bytes=one * 10)
+    for fam in ("sd1", "sd2", "sd1"):
+        big.get(tiny_checkpoints[fam], torch.float32, "cpu")
+    assert big.loads == 2 and len(big.lru) == 2
+
+
+def test_fp16_load_owns_its_weights(tiny_handles, tmp_path):
+    """The documented choice: tensors that need no conversion (an fp16 file loaded in fp16) are
+    copied out of the file's memory map, so overwriting the file in place does not reach a
+    loaded model."""
+    from safetensors.torch import load_file, save_file
+
+    src = checkpoint_save.save_single_file(tmp_path / "f32.safetensors", tiny_handles["sd1"])
+    path = tmp_path / "f16.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(src).items()}, path)
+    h = load_single_file(path, dtype=torch.float16)
+    assert next(h.unet.parameters()).dtype == torch.float16
+    before = {k: v.clone() for k, v in h.unet.state_dict().items()}
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # rewrite every byte after the header in place
+        header = 8 + int.from_bytes(f.read(8), "little")
+        f.seek(header)
+        f.write(b"\x7f" * (size - header))
+        f.flush()
+    after = h.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
