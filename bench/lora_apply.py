@@ -26,6 +26,7 @@ import argparse
 import copy
 import gc
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -48,11 +49,14 @@ FF = ("ff.net.0.proj", "ff.net.2")
 DEVICE = torch.device("cpu")
 
 
-def build_unet(dtype=torch.float32, device="cpu"):
+def build_unet(dtype=torch.float32, device="cpu", small=False):
     from diffusers import UNet2DConditionModel
 
+    cfg = dict(SD15_UNET)
+    if small:
+        cfg.update(block_out_channels=[c // 5 for c in cfg["block_out_channels"]], cross_attention_dim=192)
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**SD15_UNET)
+        unet = UNet2DConditionModel(**cfg)
     unet = unet.to_empty(device="cpu")
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -179,36 +183,119 @@ def bench_diffusers(unet, sds, repeats):
                 restore=statistics.median(restore_t))
 
 
+def bench_stack_ours(unet, files, repeats):
+    """Apply time of the whole stack (every file at strength 1) on the untouched base."""
+    from lora_lab.nodes.lora import patcher
+    from lora_lab.nodes.lora.lora_formats import read_lora
+    from lora_lab.nodes.model.handle import ModelHandle
+
+    base = ModelHandle("sd1", "epsilon", unet, None, (_tiny_te(),), (None,), source="bench")
+    stack = base.with_patches(tuple(patcher.LoraPatch(f"l{i}", read_lora(f), 1.0, 1.0) for i, f in enumerate(files)))
+    patcher.activate(stack)  # warm-up (key matching, buffers)
+    patcher.restore(base)
+    times = []
+    for _ in range(repeats):
+        times.append(timed(lambda: patcher.activate(stack)))
+        patcher.restore(base)
+    patcher.release(base)
+    return statistics.median(times)
+
+
+def bench_stack_diffusers(unet, sds, repeats):
+    """n adapters loaded, set_adapters (weights 1), fuse_lora; then unfuse + unload (not timed)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from lora_lab.nodes.sampling.prompt import load_tokenizer
+
+    vae = AutoencoderKL(block_out_channels=[32], down_block_types=["DownEncoderBlock2D"],
+                        up_block_types=["UpDecoderBlock2D"], latent_channels=4)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=_tiny_te(), tokenizer=load_tokenizer("clip_l"), unet=unet,
+                                   scheduler=EulerDiscreteScheduler(steps_offset=1), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    names = [f"x{i}" for i in range(len(sds))]
+
+    def load_fuse():
+        for n, sd in zip(names, sds):
+            pipe.load_lora_weights(copy.copy(sd), adapter_name=n)
+        pipe.set_adapters(names, [1.0] * len(names))
+        pipe.fuse_lora(components=["unet"], lora_scale=1.0, adapter_names=names)
+
+    times = []
+    for _ in range(repeats):
+        times.append(timed(load_fuse))
+        pipe.unfuse_lora(components=["unet"])
+        pipe.unload_lora_weights()
+    return statistics.median(times)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", default="attn,attn_ff")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                    help="the UNet's storage dtype (the math stays fp32)")
+    ap.add_argument("--dtype", default="float32",
+                    help="the UNet's storage dtype(s), comma-separated: float32, float16, bfloat16 (the math stays fp32)")
+    ap.add_argument("--stacks", default="", help="stack sizes for the stack rows, e.g. 1,2,4,8 (empty: none)")
+    ap.add_argument("--small", action="store_true", help="fifth-width UNet: a smoke run, not a measurement")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU run")
     args = ap.parse_args(argv)
     global DEVICE
     DEVICE = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
+    dtypes = args.dtype.split(",")
+    bad = [d for d in dtypes if d not in ("float32", "float16", "bfloat16")]
+    if bad:
+        raise SystemExit(f"--dtype: unknown {bad}; use float32, float16 or bfloat16")
+    stacks = [int(n) for n in args.stacks.split(",") if n.strip()]
     logging.basicConfig(level=logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from safetensors.torch import save_file
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    t = time.perf_counter()
-    unet = build_unet(dtype, DEVICE)
-    print(f"SD 1.5 UNet built in memory ({sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M params, "
-          f"{args.dtype}, {DEVICE}) in {time.perf_counter() - t:.1f}s")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
     bw = copy_bandwidth()
     flops = matmul_flops()
     print(f"copy bandwidth: {bw / 1e9:.2f} GB/s (bytes copied per second); "
           f"fp32 matmul: {flops / 1e9:.0f} GFLOP/s")
+    rows, stack_rows = [], []
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        t = time.perf_counter()
+        unet = build_unet(dtype, DEVICE, small=args.small)
+        print(f"SD 1.5 UNet built in memory ({sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M params, "
+              f"{dtype_name}, {DEVICE}) in {time.perf_counter() - t:.1f}s")
+        _case_rows(unet, args, dtype_name, bw, flops, rows)
+        if stacks:
+            _stack_rows(unet, stacks, args.repeats, dtype_name, bw, flops, stack_rows)
+        del unet
+        gc.collect()
+    print()
+    print("| case | touched | memory floor | compute floor | ours apply | ours switch | ours restore | "
+          "diffusers load+fuse | diffusers switch | diffusers unfuse+unload | apply / memory floor | "
+          "apply / max(floors) | apply / (memory + compute) | diffusers / ours (apply) | extra memory / touched |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for case, touched, floor, cfloor, o, d in rows:
+        print(f"| {case} | {touched / 2**20:.0f} MiB | {floor * 1e3:.1f} ms | {cfloor * 1e3:.1f} ms | "
+              f"{o['apply'] * 1e3:.1f} ms | {o['switch'] * 1e3:.1f} ms | {o['restore'] * 1e3:.2f} ms | "
+              f"{d['apply'] * 1e3:.0f} ms | {d['switch'] * 1e3:.0f} ms | {d['restore'] * 1e3:.0f} ms | "
+              f"{o['apply'] / floor:.2f}x | {o['apply'] / max(floor, cfloor):.2f}x | {o['apply'] / (floor + cfloor):.2f}x | "
+              f"{d['apply'] / o['apply']:.1f}x | {o['extra_bytes'] / touched:.2f} |")
+    if stack_rows:
+        print()
+        print("| dtype | stack | memory floor | compute floor | ours apply | diffusers load+fuse | "
+              "apply / memory floor | apply / max(floors) | diffusers / ours |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for dtype_name, n, floor, cfloor, ours, theirs in stack_rows:
+            print(f"| {dtype_name} | {n} | {floor * 1e3:.1f} ms | {cfloor * 1e3:.1f} ms | {ours * 1e3:.1f} ms | "
+                  f"{theirs * 1e3:.0f} ms | {ours / floor:.2f}x | {ours / max(floor, cfloor):.2f}x | {theirs / ours:.1f}x |")
+    if rows:
+        print(f"\n(one-time key index for the model: {rows[0][4]['index'] * 1e3:.0f} ms)")
+
+
+def _case_rows(unet, args, dtype_name, bw, flops, rows):
+    from safetensors.torch import save_file
+
     cases = {"attn": ATTN, "attn_ff": ATTN + FF}
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for case in args.cases.split(","):
+        for case in [c for c in args.cases.split(",") if c]:
             suffixes = cases[case]
             sds = [kohya_lora(unet, suffixes, seed=s) for s in (1, 2)]
             files = []
@@ -224,20 +311,27 @@ def main(argv=None):
             gc.collect()
             theirs = bench_diffusers(unet, sds, args.repeats)
             gc.collect()
-            label = case if args.dtype == "float32" else f"{case} {args.dtype}"
-            rows.append((label, touched, floor, compute_floor, ours, theirs))
-    print()
-    print("| case | touched | memory floor | compute floor | ours apply | ours switch | ours restore | "
-          "diffusers load+fuse | diffusers switch | diffusers unfuse+unload | apply / memory floor | "
-          "apply / max(floors) | apply / (memory + compute) | diffusers / ours (apply) | extra memory / touched |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for case, touched, floor, cfloor, o, d in rows:
-        print(f"| {case} | {touched / 2**20:.0f} MiB | {floor * 1e3:.1f} ms | {cfloor * 1e3:.1f} ms | "
-              f"{o['apply'] * 1e3:.1f} ms | {o['switch'] * 1e3:.1f} ms | {o['restore'] * 1e3:.2f} ms | "
-              f"{d['apply'] * 1e3:.0f} ms | {d['switch'] * 1e3:.0f} ms | {d['restore'] * 1e3:.0f} ms | "
-              f"{o['apply'] / floor:.2f}x | {o['apply'] / max(floor, cfloor):.2f}x | {o['apply'] / (floor + cfloor):.2f}x | "
-              f"{d['apply'] / o['apply']:.1f}x | {o['extra_bytes'] / touched:.2f} |")
-    print(f"\n(one-time key index for the model: {rows[0][4]['index'] * 1e3:.0f} ms)")
+            rows.append((f"{case} {dtype_name}", touched, floor, compute_floor, ours, theirs))
+
+
+def _stack_rows(unet, stacks, repeats, dtype_name, bw, flops, out):
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sds = [kohya_lora(unet, ATTN, seed=10 + i) for i in range(max(stacks))]
+        files = []
+        for i, sd in enumerate(sds):
+            f = Path(tmp) / f"stack_{i}.safetensors"
+            save_file(sd, f)
+            files.append(f)
+        floor = touched_bytes(unet, ATTN) / bw
+        for n in stacks:
+            compute_floor = 2 * 32 * n * touched_elements(unet, ATTN) / flops  # one rank-32n product
+            ours = bench_stack_ours(unet, files[:n], repeats)
+            gc.collect()
+            theirs = bench_stack_diffusers(unet, sds[:n], repeats)
+            gc.collect()
+            out.append((dtype_name, n, floor, compute_floor, ours, theirs))
 
 
 if __name__ == "__main__":
