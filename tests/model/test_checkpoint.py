@@ -308,3 +308,13 @@ def test_fp16_load_owns_its_weights(tiny_handles, tmp_path):
         f.flush()
     after = h.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_loaded_models_use_sdpa_attention(tiny_checkpoints):
+    """Every attention layer of a loaded UNet and VAE runs torch's scaled_dot_product_attention
+    (diffusers' AttnProcessor2_0), not the explicit softmax(QK^T)V of the classic processor."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    h = load_single_file(tiny_checkpoints["sd1"])
+    procs = {**h.unet.attn_processors, **h.vae.attn_processors}
+    assert procs and all(isinstance(p, AttnProcessor2_0) for p in procs.values()), {type(p).__name__ for p in procs.values()}
