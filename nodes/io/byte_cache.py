@@ -26,7 +26,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_CACHES: "weakref.WeakSet[ByteLRU]" = weakref.WeakSet()
+_CACHES: weakref.WeakSet[ByteLRU] = weakref.WeakSet()
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
