@@ -20,15 +20,20 @@ from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY, NODE_
 from lora_lab.nodes.graph.workflow_widgets import widget_specs, widget_values
 
 ROOT = Path(__file__).resolve().parents[1]
-# Graphs with our nodes on ComfyUI's MODEL/CLIP objects (ComfyUI's own ModelPatcher and CLIP): only
-# ComfyUI runs them (tests/test_comfyui_host.py queues them through /prompt); the headless runner,
-# which runs the core nodes around them, must refuse them naming exactly those nodes (test below).
+# The bridges work on ComfyUI's own objects (ModelPatcher, CLIP, VAE): only ComfyUI runs that graph
+# (tests/test_comfyui_host.py queues it through /prompt); the headless runner, which runs the core
+# nodes around them, must refuse it naming exactly those nodes (test below).
 COMFYUI_ONLY_WORKFLOWS = {
-    "comfy_native_lora_stack.json": "ComfyUI-native graph: core loader, text encoder, KSampler, VAE decode, save",
     "comfy_bridge.json": "bridges ComfyUI's MODEL/CLIP/VAE to a LoRA Lab model and back, sampled by KSampler",
 }
+# Graphs naming ComfyUI's default checkpoint and an SD 1.5 LoRA a fresh machine lacks: run headless
+# with these --set overrides (the demo checkpoint and LoRAs), and as they are through ComfyUI.
+ON_DEMO_MODELS = {
+    "comfy_native_lora_stack.json": ["1.ckpt_name=lora-lab-demo-sd15.safetensors",
+                                     "2.loras=lora-lab-demo-style.safetensors:0.8:0.6\n# lora-lab-demo-detail.safetensors"],
+}
 ALL_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-WORKFLOWS = [p for p in ALL_WORKFLOWS if p.name not in COMFYUI_ONLY_WORKFLOWS]
+WORKFLOWS = [p for p in ALL_WORKFLOWS if p.name not in COMFYUI_ONLY_WORKFLOWS and p.name not in ON_DEMO_MODELS]
 # one example per capability (issue 7); merge/train examples join when their nodes exist
 CAPABILITIES = {"lora_txt2img.json": "LoraLabLoraLoader", "lora_stack.json": "LoraLabLoraStack",
                 "strength_sweep.json": "LoraLabStrengthSweep", "merge_checkpoint.json": "LoraLabMergeToCheckpoint",
@@ -126,6 +131,17 @@ def test_comfyui_only_workflows_are_refused_naming_their_comfyui_nodes(name, mod
     # anything else reported is only the example checkpoint / LoRA this models folder lacks
     others = [p for p in run["problems"] if p["kind"] != "comfyui_only"]
     assert all(p["kind"] == "not_in_list" and p["input"] in ("ckpt_name",) for p in others), others
+
+
+@pytest.mark.parametrize("name", sorted(ON_DEMO_MODELS))
+def test_comfy_native_workflow_runs_headless_on_the_demo_models(name, models_dir, tmp_path, capsys):
+    sets = [a for s in ON_DEMO_MODELS[name] for a in ("--set", s)]
+    code = main(["run", str(ROOT / "workflows" / name), "--models-dir", str(models_dir), "--output-dir", str(tmp_path),
+                 "--json", "--quiet", *sets])
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    assert code == 0 and run["status"] == "ok", json.dumps(run, indent=1)[:3000]
+    (img,) = pixels(run["files"])
+    assert img.shape == (64, 64, 3) and img.std() > 0
 
 
 def is_unique(items) -> bool:
