@@ -1,9 +1,17 @@
 """The headless runner's registry: LoRA Lab's nodes plus the ComfyUI core node ids it runs itself
-(core_*.py). Only the CLI uses it; inside ComfyUI the pack registers node_defs' nodes only (a
-pack cannot override core ids, and ComfyUI runs its own)."""
+(core_*.py), and our LoRA nodes on MODEL / CLIP (comfy_lora_nodes.py, on the runner's own MODEL /
+CLIP). Only the CLI uses it; inside ComfyUI the pack registers node_defs' nodes and the MODEL / CLIP
+ones (a pack cannot override core ids, and ComfyUI runs its own)."""
 from __future__ import annotations
 
-from . import comfy_lora_nodes, core_conditioning, core_image, core_latent, core_loaders, node_defs
+from . import (
+    comfy_lora_nodes,
+    core_conditioning,
+    core_image,
+    core_latent,
+    core_loaders,
+    node_defs,
+)
 
 CORE_MODULES = (core_loaders, core_conditioning, core_latent, core_image)
 

@@ -152,7 +152,9 @@ def test_errors_are_our_nodes_errors(handles, loras):
 
 
 def test_runner_reports_the_bridges_as_needing_comfyui():
-    from lora_lab.nodes.defs.runner_registry import RUNNER_CLASS_MAPPINGS as NODE_CLASS_MAPPINGS
+    from lora_lab.nodes.defs.runner_registry import (
+        RUNNER_CLASS_MAPPINGS as NODE_CLASS_MAPPINGS,
+    )
     from lora_lab.nodes.graph.graph_validate import (
         COMFYUI_TYPED_NODES,
         GraphValidationError,
@@ -182,7 +184,7 @@ def test_runner_path_matches_the_runners_lora_loader(handles, loras):
     m1, c1, stack, words = LoraLabLoraStackModelClip().stack(h, "sd1_kohya:0.8:0.6\nsd1_peft:0.5", clip=clip)
     m2, c2 = LoraLoader().load_lora(h, clip, "sd1_kohya", 0.8, 0.6)
     m2, c2 = LoraLoader().load_lora(m2, c2, "sd1_peft", 0.5, 0.5)
-    sig = lambda hd: [(p.name, p.strength_unet, p.strength_text, p.block_weights) for p in hd.patches]  # noqa: E731
+    sig = lambda hd: [(p.name, p.strength_unet, p.strength_text, p.block_weights) for p in hd.patches]
     assert sig(m1) == sig(m2) and sig(c1.handle) == sig(c2.handle) and c1.clip_layer == -2
     assert stack == [("sd1_kohya", 0.8, 0.6), ("sd1_peft", 0.5, 0.5)] and words == "sd1word"
     assert h.patches == () and clip.handle.patches == ()
