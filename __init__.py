@@ -16,10 +16,12 @@ WEB_DIRECTORY = "./js"
 from .nodes.defs.comfy_patches import comfy_available as _comfy_available
 
 if _comfy_available():
+    from .nodes.defs import comfy_bridge as _bridge
     from .nodes.defs import comfy_lora_nodes as _comfy_nodes
 
-    NODE_CLASS_MAPPINGS = {**NODE_CLASS_MAPPINGS, **_comfy_nodes.NODE_CLASS_MAPPINGS}
-    NODE_DISPLAY_NAME_MAPPINGS = {**NODE_DISPLAY_NAME_MAPPINGS, **_comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS}
+    NODE_CLASS_MAPPINGS = {**NODE_CLASS_MAPPINGS, **_comfy_nodes.NODE_CLASS_MAPPINGS, **_bridge.NODE_CLASS_MAPPINGS}
+    NODE_DISPLAY_NAME_MAPPINGS = {**NODE_DISPLAY_NAME_MAPPINGS, **_comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS,
+                                  **_bridge.NODE_DISPLAY_NAME_MAPPINGS}
 
 if "server" in _sys.modules:  # running inside ComfyUI: add the editor's routes (cheap, no I/O)
     try:

@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -125,13 +126,37 @@ class ComfyServer:
         self._log.close()
 
 
+COMFY_CKPT = "v1-5-pruned-emaonly-fp16.safetensors"  # what the ComfyUI-only workflows name
+COMFY_LORA = "lora-lab-example-sd15.safetensors"
+
+
 def prepare_models(base: Path) -> None:
     """The demo LoRAs in the loras folder and the demo dataset in input/ (the demo checkpoint is
-    written by the pack on first use)."""
+    written by the pack on first use); for the ComfyUI-only workflows, a small checkpoint that
+    ComfyUI's own loader reads as SD 1.5 (tests/defs/comfy_models.py) under the name they use,
+    and a kohya LoRA for it."""
     from lora_lab.nodes.demo import demo_lora
 
     demo_lora.ensure_demo_loras(base / "models" / "loras")
     demo_lora.ensure_demo_dataset(base / "input" / DEMO_DATASET)
+    sys.path.insert(0, str(ROOT / "tests" / "defs"))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from comfy_models import small_sd15_handle
+    from lora_factory import kohya
+    from safetensors.torch import save_file
+
+    from lora_lab.nodes.model import checkpoint_save
+
+    handle = small_sd15_handle(seed=1)
+    checkpoint_save.save_single_file(base / "models" / "checkpoints" / COMFY_CKPT, handle, dtype=torch.float16)
+    save_file(kohya(handle, rank=4, seed=2), base / "models" / "loras" / COMFY_LORA)
+
+
+def object_info_registry(info: dict) -> dict:
+    """Node classes for the UI -> API conversion of ComfyUI's nodes: their inputs as /object_info
+    states them (our own classes are used for ours)."""
+    return {name: type(name, (), {"INPUT_TYPES": classmethod(lambda cls, spec=node["input"]: spec)})
+            for name, node in info.items()}
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +171,16 @@ def comfy(tmp_path_factory):
 def test_nodes_in_object_info(comfy):
     from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
+    from lora_lab.nodes.defs import comfy_bridge, comfy_lora_nodes
+
     info = comfy.get("/object_info")
-    for node_id in NODE_CLASS_MAPPINGS:
+    names = {**NODE_DISPLAY_NAME_MAPPINGS, **comfy_lora_nodes.NODE_DISPLAY_NAME_MAPPINGS,
+             **comfy_bridge.NODE_DISPLAY_NAME_MAPPINGS}  # the MODEL/CLIP nodes: registered inside ComfyUI
+    for node_id in {**NODE_CLASS_MAPPINGS, **comfy_lora_nodes.NODE_CLASS_MAPPINGS, **comfy_bridge.NODE_CLASS_MAPPINGS}:
         assert node_id in info, f"{node_id} not in /object_info:\n{comfy.log_tail()}"
-        assert info[node_id]["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[node_id]
+        assert info[node_id]["display_name"] == names[node_id]
         assert info[node_id]["category"].startswith("LoRA Lab")
+    assert info["LoraLabLoraStackModelClip"]["output"] == ["MODEL", "CLIP", "LORA_STACK", "STRING"]
     assert "lora-lab-demo-style.safetensors" in info["LoraLabStrengthSweep"]["input"]["required"]["lora_name"][0]
 
 
@@ -177,7 +207,8 @@ def test_workflow_runs_through_prompt_api(comfy, path):
     from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY, NODE_DISPLAY_NAME_MAPPINGS as NAMES
 
     ui = json.loads(path.read_text())
-    prompt = load_workflow(path, REGISTRY, NAMES).prompt
+    registry = {**object_info_registry(comfy.get("/object_info")), **REGISTRY}  # ComfyUI's nodes, and ours
+    prompt = load_workflow(path, registry, NAMES).prompt
     for node in prompt.values():  # Train LoRA on the demo dataset: its folder in this server's input/
         if node["class_type"] == "LoraLabTrainLora" and node["inputs"].get("dataset_dir") == DEMO_DATASET:
             node["inputs"]["dataset_dir"] = str(comfy.base / "input" / DEMO_DATASET)

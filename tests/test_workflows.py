@@ -14,16 +14,31 @@ from safetensors.torch import load_file
 from lora_lab.nodes.demo import demo, demo_lora
 from lora_lab.nodes.cli.main import main
 from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS
+from lora_lab.nodes.graph.graph_validate import COMFYUI_ONLY_NODES, COMFYUI_TYPED_NODES
 from lora_lab.nodes.graph.workflow import load_workflow
 from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY, NODE_DISPLAY_NAME_MAPPINGS as NAMES
 from lora_lab.nodes.graph.workflow_widgets import widget_specs, widget_values
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+# The bridges work on ComfyUI's own objects (ModelPatcher, CLIP, VAE): only ComfyUI runs that graph
+# (tests/test_comfyui_host.py queues it through /prompt); the headless runner, which runs the core
+# nodes around them, must refuse it naming exactly those nodes (test below).
+COMFYUI_ONLY_WORKFLOWS = {
+    "comfy_bridge.json": "bridges ComfyUI's MODEL/CLIP/VAE to a LoRA Lab model and back, sampled by KSampler",
+}
+# Graphs naming ComfyUI's default checkpoint and an SD 1.5 LoRA a fresh machine lacks: run headless
+# with these --set overrides (the demo checkpoint and LoRAs), and as they are through ComfyUI.
+ON_DEMO_MODELS = {
+    "comfy_native_lora_stack.json": ["1.ckpt_name=lora-lab-demo-sd15.safetensors",
+                                     "2.loras=lora-lab-demo-style.safetensors:0.8:0.6\n# lora-lab-demo-detail.safetensors"],
+}
+ALL_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = [p for p in ALL_WORKFLOWS if p.name not in COMFYUI_ONLY_WORKFLOWS and p.name not in ON_DEMO_MODELS]
 # one example per capability (issue 7); merge/train examples join when their nodes exist
 CAPABILITIES = {"lora_txt2img.json": "LoraLabLoraLoader", "lora_stack.json": "LoraLabLoraStack",
                 "strength_sweep.json": "LoraLabStrengthSweep", "merge_checkpoint.json": "LoraLabMergeToCheckpoint",
-                "train_then_sample.json": "LoraLabTrainLora"}
+                "train_then_sample.json": "LoraLabTrainLora", "comfy_native_lora_stack.json": "LoraLabLoraStackModelClip",
+                "comfy_bridge.json": "LoraLabFromComfy"}
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +82,23 @@ def same_tensors(a: str, b: str) -> bool:
 
 
 def test_one_example_per_capability():
-    names = {p.name for p in WORKFLOWS}
+    names = {p.name for p in ALL_WORKFLOWS}
     for name, node_type in CAPABILITIES.items():
         assert name in names
         types = {n["type"] for n in json.loads((ROOT / "workflows" / name).read_text())["nodes"]}
         assert node_type in types, (name, types)
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def comfy_typed_registry() -> dict:
+    """The runner's nodes (ours + ComfyUI core ids) plus the MODEL/CLIP ones registered inside ComfyUI
+    only (their classes import without it)."""
+    from lora_lab.nodes.defs import comfy_bridge, comfy_lora_nodes
+    from lora_lab.nodes.defs.runner_registry import RUNNER_CLASS_MAPPINGS
+
+    return {**RUNNER_CLASS_MAPPINGS, **comfy_lora_nodes.NODE_CLASS_MAPPINGS, **comfy_bridge.NODE_CLASS_MAPPINGS}
+
+
+@pytest.mark.parametrize("path", ALL_WORKFLOWS, ids=lambda p: p.stem)
 def test_ui_file_is_consistent(path):
     """Links agree with the nodes' slots, and every widget has its saved value (the editor relies on both)."""
     wf = json.loads(path.read_text())
@@ -86,10 +110,38 @@ def test_ui_file_is_consistent(path):
         assert nodes[src]["outputs"][src_slot]["type"] == type_ == nodes[dst]["inputs"][dst_slot]["type"]
     assert wf["last_link_id"] >= max((lk[0] for lk in wf["links"]), default=0)
     assert wf["last_node_id"] >= max(nodes)
+    ours = comfy_typed_registry()
     for n in wf["nodes"]:
-        cls = NODE_CLASS_MAPPINGS[n["type"]]
+        cls = ours[n["type"]]
         specs = widget_specs(cls.INPUT_TYPES())
         assert len(n["widgets_values"]) == sum(1 + w.extra_slots for w in specs), (path.name, n["type"])
+
+
+@pytest.mark.parametrize("name", sorted(COMFYUI_ONLY_WORKFLOWS))
+def test_comfyui_only_workflows_are_refused_naming_their_comfyui_nodes(name, models_dir, tmp_path, capsys):
+    path = ROOT / "workflows" / name
+    assert path.is_file() and COMFYUI_ONLY_WORKFLOWS[name]
+    code = main(["run", str(path), "--models-dir", str(models_dir), "--output-dir", str(tmp_path), "--json", "--quiet"])
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    assert code == 1 and run["status"] == "failed" and not list(tmp_path.iterdir())
+    types = {n["type"] for n in json.loads(path.read_text())["nodes"]}
+    needs_comfy = types & COMFYUI_TYPED_NODES
+    assert needs_comfy and types & COMFYUI_ONLY_NODES  # core nodes around them, which the runner runs
+    assert {p["class_type"] for p in run["problems"] if p["kind"] == "comfyui_only"} == needs_comfy
+    # anything else reported is only the example checkpoint / LoRA this models folder lacks
+    others = [p for p in run["problems"] if p["kind"] != "comfyui_only"]
+    assert all(p["kind"] == "not_in_list" and p["input"] in ("ckpt_name",) for p in others), others
+
+
+@pytest.mark.parametrize("name", sorted(ON_DEMO_MODELS))
+def test_comfy_native_workflow_runs_headless_on_the_demo_models(name, models_dir, tmp_path, capsys):
+    sets = [a for s in ON_DEMO_MODELS[name] for a in ("--set", s)]
+    code = main(["run", str(ROOT / "workflows" / name), "--models-dir", str(models_dir), "--output-dir", str(tmp_path),
+                 "--json", "--quiet", *sets])
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    assert code == 0 and run["status"] == "ok", json.dumps(run, indent=1)[:3000]
+    (img,) = pixels(run["files"])
+    assert img.shape == (64, 64, 3) and img.std() > 0
 
 
 def is_unique(items) -> bool:

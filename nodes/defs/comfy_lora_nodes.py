@@ -1,4 +1,5 @@
-"""LoRA Lab's LoRA nodes on ComfyUI's own MODEL / CLIP types (registered inside ComfyUI only).
+"""LoRA Lab's LoRA nodes on ComfyUI's own MODEL / CLIP types (inside ComfyUI; the headless
+runner runs them too, on its own MODEL / CLIP, nodes/model/runner_types.py).
 
 Load LoRA, Stack LoRAs and the prompt's `<lora:…>` tags, with the same widgets, the same
 match report and the same wrong-family error as our LORA_LAB_MODEL nodes: each LoRA is read,
@@ -38,6 +39,8 @@ def apply_entries(model, clip, entries: list, node: str, input_name: str, block_
     if not entries:
         return model, clip, ""
     ensure_named(e.name for e in entries)
+    if _is_runner_model(model):
+        return _runner_apply(model, clip, entries, node, input_name, block_weights)
     try:
         skeleton = skeleton_from_comfy(*comfy_shapes(model, clip))
     except LoraLabError as e:
@@ -45,6 +48,30 @@ def apply_entries(model, clip, entries: list, node: str, input_name: str, block_
     stacked, words = add_loras(skeleton, entries, node, input_name, block_weights, text=clip is not None)
     new_model, new_clip = apply_stack(model, clip, stacked, node)
     return new_model, new_clip, words
+
+
+def _is_runner_model(model) -> bool:
+    """The headless runner's MODEL is a LoRA Lab ModelHandle (nodes/model/runner_types.py)."""
+    from ..model.handle import ModelHandle
+
+    return isinstance(model, ModelHandle)
+
+
+def _runner_apply(model, clip, entries: list, node: str, input_name: str, block_weights: str) -> tuple:
+    """The same stack on the runner's MODEL (UNet strengths) and CLIP (text strengths), as the
+    runner's LoraLoader splits a LoRA; one match report and wrong-family check per LoRA."""
+    import dataclasses
+
+    from ..lora.lora_stack import add_loras
+    from ..model.runner_types import ClipHandle
+
+    unet = [dataclasses.replace(e, strength_text=0.0) for e in entries]
+    new_model, words = add_loras(model, unet, node, input_name, block_weights, text=clip is not None)
+    if clip is None:
+        return new_model, None, words
+    text = [dataclasses.replace(e, strength_unet=0.0) for e in entries]
+    handle, _ = add_loras(clip.handle, text, node, input_name, block_weights)
+    return new_model, ClipHandle(handle, clip.clip_layer), words
 
 
 class LoraLabLoraLoaderModelClip:

@@ -192,3 +192,21 @@ def patch_weight(weight: torch.Tensor, entries: tuple, param: str, strength: flo
     else:
         weight += function(res - weight)
     return weight
+
+
+def ldm_from_comfy(unet_sd: dict, clip_sd: dict, vae_sd: dict, family: str) -> dict:
+    """ComfyUI's UNet / CLIP / VAE state dicts -> one single-file (LDM) checkpoint state dict.
+
+    Tensors are not copied, except OpenCLIP towers, whose q/k/v are stacked into in_proj.
+    """
+    out = {"model." + k: v for k, v in unet_sd.items() if k.startswith(COMFY_UNET_PREFIX)}
+    out.update({"first_stage_model." + k: v for k, v in vae_sd.items()})
+    for _, comfy_pre, ldm_pre, layout in COMFY_TEXT[family]:
+        hf = {k[len(comfy_pre):]: v for k, v in clip_sd.items() if k.startswith(comfy_pre)}
+        hf = {k: v for k, v in hf.items() if k.startswith(("text_model.", "text_projection."))
+              and not k.endswith("position_ids")}
+        if layout == "hf":
+            out.update(ckpt_keys.hf_clip_to_ldm(hf, ldm_pre))
+        else:
+            out.update(ckpt_keys.diffusers_to_openclip(hf, ldm_pre))
+    return out

@@ -113,6 +113,29 @@ def lycoris(handle, kind, seed=4):
     return sd
 
 
+def locon(handle, seed=7):
+    """kohya LoCon on every resnet 3x3 conv (plain) and a tucker (lora_mid) one, plus full diffs on the norms."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    convs = [(n, m) for n, m in handle.unet.named_modules() if n.endswith(("conv1", "conv2")) and "resnets" in n]
+    for j, (name, mod) in enumerate(convs):
+        o, i, kh, kw = mod.weight.shape
+        base = "lora_unet_" + name.replace(".", "_")
+        if j % 3 == 2:  # tucker
+            sd[base + ".lora_down.weight"] = torch.randn(4, i, 1, 1, generator=g) * 0.1
+            sd[base + ".lora_mid.weight"] = torch.randn(4, 4, kh, kw, generator=g) * 0.1
+        else:
+            sd[base + ".lora_down.weight"] = torch.randn(4, i, kh, kw, generator=g) * 0.1
+        sd[base + ".lora_up.weight"] = torch.randn(o, 4, 1, 1, generator=g) * 0.1
+        sd[base + ".alpha"] = torch.tensor(2.0)
+    for name, mod in handle.unet.named_modules():
+        if name.endswith("norm1") and "resnets" in name:
+            base = "lora_unet_" + name.replace(".", "_")
+            sd[base + ".w_norm"] = torch.randn(mod.weight.shape, generator=g) * 0.05
+            sd[base + ".b_norm"] = torch.randn(mod.bias.shape, generator=g) * 0.05
+    return sd
+
+
 def dora_row(handle, seed=5):
     sd = kohya(handle, rank=4, alpha=4.0, seed=seed, with_te=False)
     g = torch.Generator().manual_seed(seed)
@@ -133,6 +156,7 @@ def loras(tmp_path_factory, handle, clip):
         "lokr": lycoris(handle, "lokr"),
         "peft": peft_unet(handle, rank=4, seed=6),
         "dora_row": dora_row(handle),
+        "locon": locon(handle),
     }
     for name, sd in files.items():
         save_file(sd, folder / f"{name}.safetensors")
@@ -171,13 +195,16 @@ def close(ours: dict, theirs: dict, what: str) -> float:
     return worst
 
 
-@pytest.mark.parametrize("fmt", ["kohya", "kohya_ldm", "loha", "lokr"])
+@pytest.mark.parametrize("fmt", ["kohya", "kohya_ldm", "loha", "lokr", "locon"])
 def test_weights_equal_comfyui_lora_loader(comfy, model, clip, loras, fmt):
     base = patched(model)
     m_ours, c_ours, _, _ = LoraLabLoraLoaderModelClip().load(model, fmt, 0.8, 0.6, clip=clip)
     m_theirs, c_theirs = comfy.sd.load_lora_for_models(model, clip, loras[fmt], 0.8, 0.6)
     ours, theirs = patched(m_ours), patched(m_theirs)
-    assert sum(not torch.equal(ours[k], base[k]) for k in ours) == len(unet_layers(make_handle("sd1", 77)))
+    changed = sum(not torch.equal(ours[k], base[k]) for k in ours)
+    assert changed == sum(not torch.equal(theirs[k], base[k]) for k in theirs)  # the same layers
+    if fmt != "locon":
+        assert changed == len(unet_layers(make_handle("sd1", 77)))
     assert close(ours, theirs, f"{fmt} UNet") <= FP16_REL
     if fmt == "kohya":
         t_ours, t_theirs = patched(c_ours.patcher, comfy), patched(c_theirs.patcher, comfy)
@@ -234,3 +261,47 @@ def test_ksampler_same_latent_for_a_kohya_lora(comfy, model, clip, loras):
              torch.equal(ours, theirs))
     assert diff <= 1e-4 * ours.abs().max().item()
     assert (ours - plain).abs().max().item() > 1e-3  # the LoRA changed the result
+
+
+def test_fp16_model_within_fp16_rounding(comfy, handle, clip, loras):
+    """ComfyUI holding the UNet in fp16: our patches against its LoraLoader's, for two formats."""
+    ldm = checkpoint_save.ldm_state_dict("sd1", handle.unet, handle.vae, handle.text_encoders)
+    pre = "model.diffusion_model."
+    cfg = comfy.supported_models.SD15(comfy.model_detection.detect_unet_config(ldm, pre))
+    cfg.set_inference_dtype(torch.float16, None)
+    base = cfg.get_model(ldm, pre, device=torch.device("cpu"))
+    base.load_model_weights(ldm, pre)
+    cpu = torch.device("cpu")
+    mp = comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
+    assert next(base.diffusion_model.parameters()).dtype == torch.float16
+    for fmt in ("kohya", "locon"):
+        m_ours, _, _, _ = LoraLabLoraLoaderModelClip().load(mp, fmt, 1.0, 1.0)
+        m_theirs, _ = comfy.sd.load_lora_for_models(mp, None, loras[fmt], 1.0, 1.0)
+        ours, theirs = patched(m_ours, comfy), patched(m_theirs, comfy)
+        assert close(ours, theirs, f"{fmt} fp16 UNet") <= FP16_REL
+        ulps = max(((ours[k].float() - theirs[k].float()).abs() > 0).sum().item() for k in ours)
+        log.info("%s fp16: at most %d elements of a tensor one rounding step apart", fmt, ulps)
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_unet_only_sd2_sdxl_equal_comfyui(comfy, family, tmp_path):
+    """Model-only (no CLIP) on SD 2.x and SDXL UNets built by ComfyUI's own model classes."""
+    h = make_handle(family, seed=78)
+    ldm = checkpoint_save.ldm_state_dict(family, h.unet, h.vae, h.text_encoders)
+    pre = "model.diffusion_model."
+    cls = {"sd2": comfy.supported_models.SD20, "sdxl": comfy.supported_models.SDXL}[family]
+    cfg = cls(comfy.model_detection.detect_unet_config(ldm, pre))
+    cfg.unet_config["num_head_channels"] = 32  # ComfyUI's 64-wide heads: 0 heads on the tiny 32-wide levels
+    base = cfg.get_model(ldm, pre, device=torch.device("cpu"))
+    base.load_model_weights(ldm, pre)
+    cpu = torch.device("cpu")
+    mp = comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
+    (tmp_path / "loras").mkdir()
+    for name, sd in (("k", kohya(h, seed=3, with_te=False)), ("kl", kohya(h, seed=4, ldm_names=True, with_te=False))):
+        save_file(sd, tmp_path / "loras" / f"{name}.safetensors")
+        with paths.standalone_dirs(tmp_path, tmp_path / "out"):
+            m_ours, c_ours, _, _ = LoraLabLoraLoaderModelClip().load(mp, name, 0.9, 0.0)
+        m_theirs, _ = comfy.sd.load_lora_for_models(mp, None, sd, 0.9, 0.0)
+        assert c_ours is None and len(m_ours.patches) == len(m_theirs.patches) == len(unet_layers(h))
+        ours, theirs = patched(m_ours, comfy), patched(m_theirs, comfy)
+        assert close(ours, theirs, f"{family} {name} UNet") <= FP16_REL

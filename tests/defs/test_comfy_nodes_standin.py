@@ -151,19 +151,42 @@ def test_errors_are_our_nodes_errors(handles, loras):
     assert model.patches == {} and clip.patcher.patches == {}
 
 
-def test_runner_reports_them_as_needing_comfyui():
-    from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS
+def test_runner_reports_the_bridges_as_needing_comfyui():
+    from lora_lab.nodes.defs.runner_registry import (
+        RUNNER_CLASS_MAPPINGS as NODE_CLASS_MAPPINGS,
+    )
     from lora_lab.nodes.graph.graph_validate import (
         COMFYUI_TYPED_NODES,
         GraphValidationError,
         validate_graph,
     )
 
-    assert not COMFYUI_TYPED_NODES & set(NODE_CLASS_MAPPINGS)  # outside ComfyUI: not registered
-    prompt = {"1": {"class_type": "LoraLabLoraStackModelClip", "inputs": {"model": ["2", 0], "loras": ""}},
-              "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}}}
+    # headless: the LoRA nodes run on the runner's MODEL / CLIP, the bridges need ComfyUI's objects
+    assert COMFYUI_TYPED_NODES - set(NODE_CLASS_MAPPINGS) == {"LoraLabFromComfy", "LoraLabToComfy"}
+    prompt = {"1": {"class_type": "LoraLabToComfy", "inputs": {"model": ["2", 0]}},
+              "2": {"class_type": "LoraLabCheckpointLoader", "inputs": {"ckpt_name": "lora-lab-demo-sd15.safetensors"}}}
     with pytest.raises(GraphValidationError) as err:
         validate_graph(prompt, NODE_CLASS_MAPPINGS)
     problems = err.value.problems
     mine = [p for p in problems if p.node_id == "1"]
     assert [p.kind for p in mine] == ["comfyui_only"] and "MODEL / CLIP" in str(mine[0])
+    assert problems == mine
+
+
+def test_runner_path_matches_the_runners_lora_loader(handles, loras):
+    """Headless, MODEL / CLIP are the runner's ModelHandle / ClipHandle: the stack is split into
+    the UNet part (MODEL) and the text part (CLIP) exactly as its core LoraLoader splits a LoRA."""
+    from lora_lab.nodes.defs.core_loaders import LoraLoader
+    from lora_lab.nodes.model.runner_types import ClipHandle
+
+    h = handles["sd1"]
+    clip = ClipHandle(h, -2)
+    m1, c1, stack, words = LoraLabLoraStackModelClip().stack(h, "sd1_kohya:0.8:0.6\nsd1_peft:0.5", clip=clip)
+    m2, c2 = LoraLoader().load_lora(h, clip, "sd1_kohya", 0.8, 0.6)
+    m2, c2 = LoraLoader().load_lora(m2, c2, "sd1_peft", 0.5, 0.5)
+    sig = lambda hd: [(p.name, p.strength_unet, p.strength_text, p.block_weights) for p in hd.patches]
+    assert sig(m1) == sig(m2) and sig(c1.handle) == sig(c2.handle) and c1.clip_layer == -2
+    assert stack == [("sd1_kohya", 0.8, 0.6), ("sd1_peft", 0.5, 0.5)] and words == "sd1word"
+    assert h.patches == () and clip.handle.patches == ()
+    m3, c3, _, _ = LoraLabLoraLoaderModelClip().load(h, "sd1_kohya", 1.0, 1.0)  # model only
+    assert c3 is None and sig(m3) == [("sd1_kohya", 1.0, 0.0, None)]
