@@ -297,3 +297,22 @@ def select_shard(plan: list[PlannedRun], shard: Shard, registry: dict,
     prompts = run_prompts(plan, registry, display_names)
     groups = name_groups([name_keys(r, p) for r, p in zip(plan, prompts)])
     return [plan[i] for i in shard_groups(groups, shard.count)[shard.index]]
+
+
+def worker_chunks(plan: list[PlannedRun], registry: dict, display_names: dict | None,
+                  workers: int) -> list[list[PlannedRun]]:
+    """The run list as chunks for `workers` long-lived workers: the name groups of one
+    checkpoint together (checkpoints in order of first use), each checkpoint's groups split into
+    at most `workers` contiguous chunks. Handed out in this order, a worker's runs of one
+    checkpoint come back to back, so its output cache loads each checkpoint once."""
+    prompts = run_prompts(plan, registry, display_names)
+    groups = name_groups([name_keys(r, p) for r, p in zip(plan, prompts)])
+    by_model: dict = {}
+    for g in groups:
+        by_model.setdefault(model_key(prompts[g[0]]), []).append(g)
+    chunks = []
+    for model_groups in by_model.values():
+        for part in shard_groups(model_groups, min(workers, len(model_groups))):
+            if part:
+                chunks.append([plan[i] for i in part])
+    return chunks

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 from conftest import load_fake_nodes
-
 from lora_lab.nodes.cli.main import main
-from lora_lab.nodes.cli.run_plan import Shard, UsageError, name_groups, parse_shard, shard_groups
+from lora_lab.nodes.cli.run_plan import (
+    Shard,
+    UsageError,
+    name_groups,
+    parse_shard,
+    shard_groups,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 fakes = load_fake_nodes()
@@ -166,3 +171,21 @@ def test_shard_groups_balance_and_cover_every_group():
     assert all(s == sorted(s) and (not s or s == list(range(s[0], s[-1] + 1))) for s in split)  # contiguous
     assert shard_groups([[0, 1, 2, 3]], 4) == [[], [], [0, 1, 2, 3], []]  # a group is never split
     assert Shard(0, 1).count == 1
+
+
+def test_worker_chunks_group_runs_by_checkpoint(tmp_path):
+    """Checkpoints swept fastest (A, B, A, B, ...): the chunks still hold one checkpoint each, in
+    at most `workers` chunks per checkpoint, every run once, plan order inside a chunk."""
+    from lora_lab.nodes.cli.run_plan import Sweep, expand, worker_chunks
+    from lora_lab.nodes.graph.workflow import parse_assignment
+
+    g = write(tmp_path / "api_basic.json", API)
+    sweeps = [Sweep(parse_assignment("3.seed=1"), ["1", "2", "3", "4", "5"]),
+              Sweep(parse_assignment("1.ckpt_name=a"), ["a.safetensors", "b.safetensors"])]
+    plan = expand([g], [], sweeps)
+    chunks = worker_chunks(plan, REG, None, workers=2)
+    ckpts = [{r.record.overrides["1.ckpt_name"] for r in c} for c in chunks]
+    assert ckpts == [{"a.safetensors"}, {"a.safetensors"}, {"b.safetensors"}, {"b.safetensors"}]
+    indices = [[r.record.index for r in c] for c in chunks]
+    assert sorted(i for c in indices for i in c) == list(range(10)) and all(c == sorted(c) for c in indices)
+    assert [len(c) for c in worker_chunks(plan, REG, None, workers=1)] == [5, 5]
