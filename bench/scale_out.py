@@ -1,0 +1,117 @@
+"""Benchmark: `lora-lab run --ray` against the local runner on the demo sweep.
+
+Side by side in one run, on one local Ray cluster (ray.init with --cpus CPUs):
+  local     - the local runner (`lora-lab run`), torch held to --threads threads (a 1-CPU Ray
+              actor runs with OMP_NUM_THREADS=1, so the default compares like with like);
+  ray x1    - `--ray --ray-workers 1`: the same runs through one actor;
+  ray x2    - `--ray --ray-workers 2`: two actors.
+Each configuration runs the demo graph (workflows/demo_txt2img.json) swept over --runs seeds,
+--repeats times, alternating configurations. Reported:
+  wall      - the whole invocation, Ray's actor start-up (a fresh process importing torch) and
+              each worker's checkpoint load included;
+  per run   - the steady state: the median time between two consecutive results of one worker
+              (what each further combination costs once the checkpoint is loaded), and the
+              overhead of Ray against the local runner on it (goal: <= 5 %).
+
+Run:  python bench/scale_out.py [--runs 8] [--steps 4] [--repeats 2] [--cpus 2] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import statistics
+import tempfile
+import time
+from argparse import Namespace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_invocation(kind: str, workers: int, plan_of, registry, names) -> tuple[float, list[float]]:
+    """(wall seconds, steady-state seconds between consecutive results of one worker)."""
+    from lora_lab.nodes.cli import main as cli_main
+    from lora_lab.nodes.cli import ray_runner
+
+    plan = plan_of()
+    args = Namespace(ray="", ray_workers=workers, ray_fetch_files=False, cache_runs=1, validate_only=False,
+                     fail_fast=False, quiet=True)
+    done: dict = {}
+
+    def report(rec):
+        assert rec.status == "ok", rec.error
+        done.setdefault(rec.worker, []).append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    with cli_main._quiet_node_bars(True):  # as `lora-lab run --quiet`
+        if kind == "local":
+            cli_main._run_local(plan, args, registry, names, report)
+        else:
+            ray_runner.run_on_ray(plan, args, registry, names, report)
+    wall = time.perf_counter() - t0
+    steps = [b - a for ts in done.values() for a, b in itertools.pairwise(ts)]
+    return wall, steps
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=8, help="sweep combinations (seeds)")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the local runner")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    import os
+
+    import ray
+    import torch
+    from lora_lab.nodes.cli.run_plan import Sweep, expand
+    from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY
+    from lora_lab.nodes.defs.node_defs import NODE_DISPLAY_NAME_MAPPINGS as NAMES
+    from lora_lab.nodes.demo.demo import ensure_demo_checkpoint
+    from lora_lab.nodes.graph.workflow import parse_assignment
+    from lora_lab.nodes.io import paths
+
+    torch.set_num_threads(args.threads)
+    graph = ROOT / "workflows" / "demo_txt2img.json"
+    sets = [parse_assignment(f"LoraLabSampler.steps={args.steps}")]
+    seeds = Sweep(parse_assignment("LoraLabSampler.seed=0"), [str(i) for i in range(args.runs)])
+    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    configs = [("local", "local", 0), ("ray x1", "ray", 1), ("ray x2", "ray", 2)]
+    results: dict = {name: ([], []) for name, _, _ in configs}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            with paths.standalone_dirs(Path(tmp) / "models", Path(tmp) / "out"):
+                ensure_demo_checkpoint()
+            for rep in range(args.repeats):
+                for name, kind, workers in configs:
+                    out = Path(tmp) / f"out-{name.replace(' ', '')}-{rep}"
+                    with paths.standalone_dirs(Path(tmp) / "models", out):
+                        wall, steps = one_invocation(kind, workers, lambda: expand([graph], sets, [seeds]),
+                                                     REGISTRY, NAMES)
+                    results[name][0].append(wall)
+                    results[name][1].extend(steps)
+    finally:
+        ray.shutdown()
+    load = os.getloadavg()[0]
+    print(f"demo graph, {args.runs} seeds x {args.steps} steps, {args.repeats} repeats, Ray cluster of "
+          f"{args.cpus} CPUs, local runner on {args.threads} torch thread(s); load average {load:.1f}")
+    print("| configuration | wall (median) | per run, steady state (median) | runs/s steady |")
+    print("|---|---|---|---|")
+    per_run = {}
+    for name, _, workers in configs:
+        walls, steps = results[name]
+        per_run[name] = statistics.median(steps)
+        rate = max(1, workers) / per_run[name]
+        print(f"| {name} | {statistics.median(walls):.2f} s | {per_run[name] * 1e3:.0f} ms | {rate:.2f} |")
+    x1, x2 = results["ray x1"][0], results["ray x2"][0]
+    print(f"\nRay per-run overhead against the local runner: {(per_run['ray x1'] / per_run['local'] - 1) * 100:+.1f}% "
+          "(goal <= 5%)")
+    print(f"2 workers against 1: wall {statistics.median(x1) / statistics.median(x2):.2f}x faster, steady-state "
+          f"throughput {2 * per_run['ray x1'] / per_run['ray x2']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
