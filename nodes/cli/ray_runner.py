@@ -131,13 +131,26 @@ def commit_file(root: Path, rel: str, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _workers(ray, asked: int | None) -> tuple[int, dict]:
-    """How many actors, and the resources each asks for."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+def worker_resources(nodes: list[dict], asked: int | None) -> tuple[int, dict]:
+    """How many actors, and what each asks Ray for, from `ray.nodes()`: one per GPU (a GPU and
+    its share of the CPUs), else one per node (the CPUs of the smallest node), or `asked` with an
+    equal share of the CPUs. Ray sets OMP_NUM_THREADS to an actor's CPUs: a 1-CPU actor would
+    run torch on one thread of a 32-core node."""
     if asked is not None and asked < 1:
         raise UsageError(f"--ray-workers must be at least 1, got {asked}")
-    n = asked or gpus or max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
-    return n, ({"num_gpus": 1} if gpus else {"num_cpus": 1})
+    alive = [n.get("Resources") or {} for n in nodes if n.get("Alive")]
+    if not alive:
+        raise UsageError("--ray: the cluster has no live node")
+    gpus = int(sum(r.get("GPU", 0) for r in alive))
+    cpus = int(sum(r.get("CPU", 0) for r in alive))
+    smallest = int(min(r.get("CPU", 0) for r in alive))
+    n = asked or gpus or len(alive)
+    if gpus and n > gpus:
+        raise UsageError(f"--ray-workers {n}: the cluster has {gpus} GPU(s), one per worker")
+    if n > cpus:
+        raise UsageError(f"--ray-workers {n}: the cluster has {cpus} CPU(s)")
+    share = max(1, min(smallest, cpus // n))
+    return n, ({"num_gpus": 1, "num_cpus": share} if gpus else {"num_cpus": share})
 
 
 def _copy_into(rec: RunRecord, got: RunRecord) -> None:
@@ -161,7 +174,7 @@ def run_on_ray(plan: list, args, registry: dict, display_names, report) -> tuple
     pending: dict = {}  # ObjectRef -> (actor, PlannedRun)
     counts: dict = {}  # actor -> its latest cache counts
     try:
-        n, resources = _workers(ray, getattr(args, "ray_workers", None))
+        n, resources = worker_resources(ray.nodes(), getattr(args, "ray_workers", None))
         chunks = worker_chunks(plan, registry, display_names, n)
         fetch = getattr(args, "ray_fetch_files", False)
         worker_cls = ray.remote(**resources)(RunWorker)

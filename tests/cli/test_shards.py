@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,20 @@ def test_worker_chunks_group_runs_by_checkpoint(tmp_path):
     indices = [[r.record.index for r in c] for c in chunks]
     assert sorted(i for c in indices for i in c) == list(range(10)) and all(c == sorted(c) for c in indices)
     assert [len(c) for c in worker_chunks(plan, REG, None, workers=1)] == [5, 5]
+
+
+def test_ray_worker_resources():
+    """One worker per GPU, else per node, with its CPUs (no ray needed: ray.nodes()' shape)."""
+    from lora_lab.nodes.cli.ray_runner import worker_resources
+
+    def node(cpu, gpu=0, alive=True):
+        return {"Alive": alive, "Resources": {"CPU": float(cpu), **({"GPU": float(gpu)} if gpu else {})}}
+
+    assert worker_resources([node(32), node(16), node(8, alive=False)], None) == (2, {"num_cpus": 16})
+    assert worker_resources([node(16, 4), node(16, 4)], None) == (8, {"num_gpus": 1, "num_cpus": 4})
+    assert worker_resources([node(2)], 2) == (2, {"num_cpus": 1})
+    assert worker_resources([node(16)], 3) == (3, {"num_cpus": 5})
+    for nodes, asked, words in (([node(16, 2)], 3, "2 GPU(s)"), ([node(2)], 3, "2 CPU(s)"),
+                                ([node(2)], 0, "at least 1"), ([node(4, alive=False)], None, "no live node")):
+        with pytest.raises(UsageError, match=re.escape(words)):
+            worker_resources(nodes, asked)
