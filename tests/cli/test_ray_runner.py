@@ -177,3 +177,40 @@ def test_no_ray_is_a_usage_error(monkeypatch, capsys, tmp_path):
     assert main(["run", str(g), "--quiet", "--ray", "--output-dir", str(tmp_path / "o")], registry=REG) == 2
     assert "pip install 'lora-lab[ray]'" in capsys.readouterr().err
     assert copy.copy(fakes.CALLS) == []
+
+
+def test_a_real_ctrl_c_stops_the_ray_run_cleanly(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: exit 130, the runs in
+    progress finish whole, nothing else starts, the summary lists every run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    g = fake_graph(tmp_path, seconds=3.0)
+    out = tmp_path / "out"
+    script = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('fakes', {str(FIXTURES / 'fake_nodes.py')!r})\n"
+        "fakes = importlib.util.module_from_spec(spec); sys.modules['fakes'] = fakes; spec.loader.exec_module(fakes)\n"
+        "import ray; ray.cloudpickle.register_pickle_by_value(fakes)\n"
+        "from lora_lab.nodes.cli.main import main\n"
+        f"sys.exit(main(['run', {str(g)!r}, '--json', '--quiet', '--output-dir', {str(out)!r}, '--sweep',"
+        " 'Style LoRA.strength=1,2,3,4,5,6', '--ray', '--ray-workers', '2'], registry=fakes.NODE_CLASS_MAPPINGS))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "started").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; stopped cleanly" in stderr
+    doc = json.loads(stdout)
+    statuses = [r["status"] for r in doc["runs"]]
+    assert doc["status"] == "interrupted" and len(statuses) == 6 and set(statuses) <= {"ok", "skipped", "interrupted"}
+    assert 1 <= statuses.count("ok") <= 2 and statuses.count("skipped") >= 4, statuses
+    written = sorted(p.name for p in out.iterdir() if p.name != "started")
+    assert written == sorted(Path(f).name for r in doc["runs"] for f in r["files"])  # whole files only
