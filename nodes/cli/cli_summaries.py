@@ -1,7 +1,8 @@
 """`lora-lab merge-json SUMMARY...`: the `--json` summaries of the shards of one run list
 (`lora-lab run ... --shard I/N --json`) as the one summary a sequential run would print.
 
-Checked: every file is a shard summary, all of the same N and run-list length, each shard
+Checked: every file is a shard summary, all of the same N and run list (its length and hash:
+the same graphs, --set and --sweep), each shard
 0..N-1 present exactly once, each run of the list present exactly once. Runs come in plan
 order; the status is the worst one (interrupted > failed > ok); cache counts add up; `seconds`
 is the longest shard (they run side by side) and `shard_seconds` lists each.
@@ -41,10 +42,11 @@ def _read(path: str) -> dict:
 
 def merge_summaries(docs: dict[str, dict]) -> dict:
     """{file name: shard summary} -> one summary; UsageError names what does not fit."""
-    counts = {(d["shard"].get("count"), d["shard"].get("runs_total")) for d in docs.values()}
+    counts = {(d["shard"].get("count"), d["shard"].get("runs_total"), d["shard"].get("plan")) for d in docs.values()}
     if len(counts) != 1:
-        raise UsageError(f"the summaries come from different run lists (shard count, runs): {sorted(counts)}")
-    ((count, total),) = counts
+        raise UsageError("the summaries come from different run lists (shard count, runs, plan hash): "
+                         + ", ".join(map(str, sorted(counts, key=str))))
+    ((count, total, _plan),) = counts
     by_index: dict = {}
     for name, d in docs.items():
         i = d["shard"].get("index")

@@ -29,6 +29,7 @@ from .run_plan import (
     expand,
     parse_shard,
     parse_sweep,
+    plan_fingerprint,
     run_one,
     select_shard,
 )
@@ -199,7 +200,7 @@ def cmd_run(args, registry: dict | None = None, out=None, err=None) -> int:
         return EXIT_USAGE
     # every run planned up front, so an interrupted invocation still lists what it skipped
     plan = expand(files, sets, sweeps)
-    n_total = len(plan)
+    n_total, fingerprint = len(plan), plan_fingerprint(plan)
     if shard is not None:
         plan = select_shard(plan, shard, registry, display_names)
     records = [run.record for run in plan]
@@ -243,7 +244,8 @@ def cmd_run(args, registry: dict | None = None, out=None, err=None) -> int:
             "seconds": time.perf_counter() - t_start,
         }
         if shard is not None:  # what `lora-lab merge-json` checks
-            summary["shard"] = {"index": shard.index, "count": shard.count, "runs_total": n_total}
+            summary["shard"] = {"index": shard.index, "count": shard.count, "runs_total": n_total,
+                                "plan": fingerprint}
         print(json.dumps(summary, indent=2, default=repr), file=out)
     return code
 

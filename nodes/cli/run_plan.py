@@ -291,6 +291,14 @@ def shard_groups(groups: list[list[int]], count: int) -> list[list[int]]:
     return [sorted(s) for s in shards]
 
 
+def plan_fingerprint(plan: list[PlannedRun]) -> str:
+    """A hash of the whole run list (graphs, names, overrides): shards of one command line agree."""
+    import hashlib
+
+    rows = [[r.record.graph, r.record.name, r.record.label, r.record.overrides] for r in plan]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def select_shard(plan: list[PlannedRun], shard: Shard, registry: dict,
                  display_names: dict | None) -> list[PlannedRun]:
     """The runs of `shard`, in plan order."""

@@ -63,7 +63,8 @@ def shard_runs(capsys, tmp_path, n: int, *argv) -> tuple[list[dict], Path]:
     for i in range(n):
         code, doc = run_json(capsys, out, *argv, "--shard", f"{i}/{n}")
         assert code == 0, doc
-        assert doc["shard"] == {"index": i, "count": n, "runs_total": doc["shard"]["runs_total"]}
+        assert doc["shard"] == {"index": i, "count": n, "runs_total": doc["shard"]["runs_total"],
+                                "plan": docs[0]["shard"]["plan"] if docs else doc["shard"]["plan"]}
         docs.append(doc)
     return docs, out
 
@@ -126,6 +127,11 @@ def test_merge_json_refuses_incomplete_or_mixed_shards(tmp_path, capsys):
     other, _ = shard_runs(capsys, tmp_path / "b", 2, *argv)
     (tmp_path / "o.json").write_text(json.dumps(other[0]))
     assert main(["merge-json", *map(str, paths), str(tmp_path / "o.json")]) == 2
+    assert "different run lists" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()  # the same count and length, another command line
+    _, doc = run_json(capsys, tmp_path / "o3", *argv[:-1], "Style LoRA.strength=0.25,1", "--shard", "1/3")
+    (tmp_path / "other" / "s1.json").write_text(json.dumps(doc))
+    assert main(["merge-json", str(paths[0]), str(tmp_path / "other" / "s1.json"), str(paths[2])]) == 2
     assert "different run lists" in capsys.readouterr().err
     _, plain = run_json(capsys, tmp_path / "plain", *argv)  # not a shard's summary
     (tmp_path / "plain.json").write_text(json.dumps(plain))
