@@ -1,8 +1,8 @@
 """Benchmark: `lora-lab run --ray` against the local runner on the demo sweep.
 
 Side by side in one run, on one local Ray cluster (ray.init with --cpus CPUs):
-  local     - the local runner (`lora-lab run`), torch held to --threads threads (a 1-CPU Ray
-              actor runs with OMP_NUM_THREADS=1, so the default compares like with like);
+  local     - the local runner (`lora-lab run`), torch held to --threads threads (each Ray
+              worker gets --threads CPUs, and Ray sets its OMP_NUM_THREADS to them: like with like);
   ray x1    - `--ray --ray-workers 1`: the same runs through one actor;
   ray x2    - `--ray --ray-workers 2`: two actors.
 Each configuration runs the demo graph (workflows/demo_txt2img.json) swept over --runs seeds,
@@ -29,13 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one_invocation(kind: str, workers: int, plan_of, registry, names) -> tuple[float, list[float]]:
+def one_invocation(kind: str, workers: int, threads: int, plan_of, registry, names) -> tuple[float, list[float]]:
     """(wall seconds, steady-state seconds between consecutive results of one worker)."""
     from lora_lab.nodes.cli import main as cli_main
     from lora_lab.nodes.cli import ray_runner
 
     plan = plan_of()
-    args = Namespace(ray="", ray_workers=workers, ray_fetch_files=False, cache_runs=1, validate_only=False,
+    args = Namespace(ray="", ray_workers=workers, ray_cpus_per_worker=threads, ray_fetch_files=False, cache_runs=1, validate_only=False,
                      fail_fast=False, quiet=True)
     done: dict = {}
 
@@ -89,7 +89,7 @@ def main(argv=None):
                 for name, kind, workers in configs:
                     out = Path(tmp) / f"out-{name.replace(' ', '')}-{rep}"
                     with paths.standalone_dirs(Path(tmp) / "models", out):
-                        wall, steps = one_invocation(kind, workers, lambda: expand([graph], sets, [seeds]),
+                        wall, steps = one_invocation(kind, workers, args.threads, lambda: expand([graph], sets, [seeds]),
                                                      REGISTRY, NAMES)
                     results[name][0].append(wall)
                     results[name][1].extend(steps)

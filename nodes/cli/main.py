@@ -3,7 +3,7 @@
     lora-lab run GRAPH... [--set NODE.input=VALUE]... [--sweep NODE.input=V1,V2,...]...
                  [--models-dir DIR] [--output-dir DIR] [--input-dir DIR] [--quiet] [--json] [--validate-only]
                  [--fail-fast] [--cache-runs N] [--verbose] [--shard I/N]
-                 [--ray [ADDRESS]] [--ray-workers N] [--ray-fetch-files]
+                 [--ray [ADDRESS]] [--ray-workers N] [--ray-cpus-per-worker N] [--ray-fetch-files]
     lora-lab merge-json SHARD_SUMMARY... [-o FILE]
 
 Exit codes: 0 every graph succeeded; 1 at least one failed; 2 bad command line;
@@ -70,6 +70,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run on a Ray cluster "
                    "(ADDRESS, or ray.init's default: $RAY_ADDRESS, a running local cluster, else a new one)")
     p.add_argument("--ray-workers", type=int, metavar="N", help="Ray workers (one actor each; default one per GPU, else per node)")
+    p.add_argument("--ray-cpus-per-worker", type=int, metavar="N", help="CPUs (torch threads) of each Ray worker; "
+                   "default an equal share")
     p.add_argument("--ray-fetch-files", action="store_true",
                    help="workers return the files they write (no shared file system with the workers)")
 

@@ -131,13 +131,15 @@ def commit_file(root: Path, rel: str, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
 
 
-def worker_resources(nodes: list[dict], asked: int | None) -> tuple[int, dict]:
+def worker_resources(nodes: list[dict], asked: int | None, cpus_each: int | None = None) -> tuple[int, dict]:
     """How many actors, and what each asks Ray for, from `ray.nodes()`: one per GPU (a GPU and
     its share of the CPUs), else one per node (the CPUs of the smallest node), or `asked` with an
-    equal share of the CPUs. Ray sets OMP_NUM_THREADS to an actor's CPUs: a 1-CPU actor would
+    equal share of the CPUs (`cpus_each` to choose). Ray sets OMP_NUM_THREADS to an actor's CPUs: a 1-CPU actor would
     run torch on one thread of a 32-core node."""
     if asked is not None and asked < 1:
         raise UsageError(f"--ray-workers must be at least 1, got {asked}")
+    if cpus_each is not None and cpus_each < 1:
+        raise UsageError(f"--ray-cpus-per-worker must be at least 1, got {cpus_each}")
     alive = [n.get("Resources") or {} for n in nodes if n.get("Alive")]
     if not alive:
         raise UsageError("--ray: the cluster has no live node")
@@ -149,7 +151,9 @@ def worker_resources(nodes: list[dict], asked: int | None) -> tuple[int, dict]:
         raise UsageError(f"--ray-workers {n}: the cluster has {gpus} GPU(s), one per worker")
     if n > cpus:
         raise UsageError(f"--ray-workers {n}: the cluster has {cpus} CPU(s)")
-    share = max(1, min(smallest, cpus // n))
+    share = cpus_each or max(1, min(smallest, cpus // n))
+    if share > max(int(r.get("CPU", 0)) for r in alive):
+        raise UsageError(f"--ray-cpus-per-worker {share}: no node of the cluster has that many CPUs")
     return n, ({"num_gpus": 1, "num_cpus": share} if gpus else {"num_cpus": share})
 
 
@@ -174,7 +178,8 @@ def run_on_ray(plan: list, args, registry: dict, display_names, report) -> tuple
     pending: dict = {}  # ObjectRef -> (actor, PlannedRun)
     counts: dict = {}  # actor -> its latest cache counts
     try:
-        n, resources = worker_resources(ray.nodes(), getattr(args, "ray_workers", None))
+        n, resources = worker_resources(ray.nodes(), getattr(args, "ray_workers", None),
+                                       getattr(args, "ray_cpus_per_worker", None))
         chunks = worker_chunks(plan, registry, display_names, n)
         fetch = getattr(args, "ray_fetch_files", False)
         worker_cls = ray.remote(**resources)(RunWorker)

@@ -209,7 +209,8 @@ def test_ray_worker_resources():
     assert worker_resources([node(16, 4), node(16, 4)], None) == (8, {"num_gpus": 1, "num_cpus": 4})
     assert worker_resources([node(2)], 2) == (2, {"num_cpus": 1})
     assert worker_resources([node(16)], 3) == (3, {"num_cpus": 5})
+    assert worker_resources([node(16, 2)], None, 6) == (2, {"num_gpus": 1, "num_cpus": 6})
     for nodes, asked, words in (([node(16, 2)], 3, "2 GPU(s)"), ([node(2)], 3, "2 CPU(s)"),
-                                ([node(2)], 0, "at least 1"), ([node(4, alive=False)], None, "no live node")):
+                                ([node(2)], 0, "at least 1"), ([node(4)], 1, "no node"), ([node(4, alive=False)], None, "no live node")):
         with pytest.raises(UsageError, match=re.escape(words)):
-            worker_resources(nodes, asked)
+            worker_resources(nodes, asked, 8 if words == "no node" else None)
