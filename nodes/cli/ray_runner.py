@@ -53,11 +53,11 @@ class RunWorker:
     output cache lives as long as the actor, and the graph file last loaded."""
 
     def __init__(self, registry: dict, display_names, models_dir: str, output_dir: str | None,
-                 keep_runs: int, validate_only: bool):
+                 keep_runs: int, validate_only: bool, input_dir: str | None = None):
         from ..graph.executor import Executor
 
         self.registry, self.display_names, self.validate_only = registry, display_names, validate_only
-        self.models_dir = models_dir
+        self.models_dir, self.input_dir = models_dir, input_dir
         self.scratch = None if output_dir else tempfile.mkdtemp(prefix="lora-lab-ray-out-")
         self.output_dir = output_dir or self.scratch  # scratch: files go back to the driver
         self.executor = Executor(registry, quiet=True, keep_runs=keep_runs)
@@ -82,7 +82,7 @@ class RunWorker:
 
         rec.worker = self.name
         payload = {}
-        with standalone_dirs(self.models_dir, self.output_dir):
+        with standalone_dirs(self.models_dir, self.output_dir, self.input_dir):
             wf = self._workflow(path)
             if isinstance(wf, Exception):
                 rec.status, rec.error = "failed", str(wf)
@@ -164,7 +164,7 @@ def _copy_into(rec: RunRecord, got: RunRecord) -> None:
 def run_on_ray(plan: list, args, registry: dict, display_names, report) -> tuple:
     """Run `plan` (run_plan.PlannedRun) on Ray; records are filled in place and each finished one
     is handed to `report`. Returns (the KeyboardInterrupt that stopped it or None, cache counts)."""
-    from ..io.paths import models_dir, output_dir
+    from ..io.paths import input_dir, models_dir, output_dir
 
     ray = import_ray()
     started = not ray.is_initialized()
@@ -184,7 +184,8 @@ def run_on_ray(plan: list, args, registry: dict, display_names, report) -> tuple
         fetch = getattr(args, "ray_fetch_files", False)
         worker_cls = ray.remote(**resources)(RunWorker)
         actors = [worker_cls.remote(registry, display_names, str(models_dir()), None if fetch else str(output_dir()),
-                                    args.cache_runs, args.validate_only) for _ in range(min(n, len(chunks)))]
+                                    args.cache_runs, args.validate_only, str(input_dir()))
+                  for _ in range(min(n, len(chunks)))]
         log.info("%d run(s) in %d chunk(s) on %d Ray worker(s)", len(plan), len(chunks), len(actors))
         queues = {actor: deque() for actor in actors}  # each worker's chunk, one call in flight
         while True:
