@@ -74,7 +74,9 @@ def main(argv=None):
     import torch
     from lora_lab.nodes.cli.run_plan import Sweep, expand
     from lora_lab.nodes.defs.runner_registry import RUNNER_CLASS_MAPPINGS as REGISTRY
-    from lora_lab.nodes.defs.runner_registry import RUNNER_DISPLAY_NAME_MAPPINGS as NAMES
+    from lora_lab.nodes.defs.runner_registry import (
+        RUNNER_DISPLAY_NAME_MAPPINGS as NAMES,
+    )
     from lora_lab.nodes.demo.demo import ensure_demo_checkpoint
     from lora_lab.nodes.graph.workflow import parse_assignment
     from lora_lab.nodes.io import paths
