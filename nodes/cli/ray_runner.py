@@ -22,10 +22,12 @@ only decides what each worker gets:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import socket
+import sys
 import tempfile
 import time
 from collections import deque
@@ -163,7 +165,15 @@ def _copy_into(rec: RunRecord, got: RunRecord) -> None:
 
 def run_on_ray(plan: list, args, registry: dict, display_names, report) -> tuple:
     """Run `plan` (run_plan.PlannedRun) on Ray; records are filled in place and each finished one
-    is handed to `report`. Returns (the KeyboardInterrupt that stopped it or None, cache counts)."""
+    is handed to `report`. Returns (the KeyboardInterrupt that stopped it or None, cache counts).
+
+    Ray prints its own notices (a dead worker's "(raylet) ..." lines, worker logs) on stdout; they
+    go to stderr here, so stdout keeps only what the caller writes (the --json summary)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run_on_ray(plan, args, registry, display_names, report)
+
+
+def _run_on_ray(plan: list, args, registry: dict, display_names, report) -> tuple:
     from ..io.paths import input_dir, models_dir, output_dir
 
     ray = import_ray()

@@ -214,3 +214,42 @@ def test_a_real_ctrl_c_stops_the_ray_run_cleanly(tmp_path):
     assert 1 <= statuses.count("ok") <= 2 and statuses.count("skipped") >= 4, statuses
     written = sorted(p.name for p in out.iterdir() if p.name != "started")
     assert written == sorted(Path(f).name for r in doc["runs"] for f in r["files"])  # whole files only
+
+
+class FakeCrash:
+    """Kills its worker process (a segfault, the OOM killer) when `crash` is 13."""
+
+    CATEGORY = "test"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "go"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": (fakes.MODEL,), "crash": ("INT", {"default": 0})}}
+
+    def go(self, model, crash):
+        import os
+
+        if crash == 13:
+            os._exit(1)
+        return ({"crash": crash},)
+
+
+def test_a_dead_worker_fails_only_its_runs(tmp_path, capsys):
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    g = json.loads((FIXTURES / "api_basic.json").read_text())
+    g["3"] = {"class_type": "FakeCrash", "inputs": {"model": ["2", 0], "crash": 0}}
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(g))
+    reg = {**REG, "FakeCrash": FakeCrash}
+    code, doc = run_json(capsys, path, "--sweep", "3.crash=1,13,2,3,4,5", "--output-dir", tmp_path / "out",
+                         "--ray", "--ray-workers", "2", registry=reg)
+    assert code == 1 and doc["status"] == "failed"
+    runs = doc["runs"]
+    assert "the Ray worker running it died" in runs[1]["error"]
+    # the rest of the dead worker's chunk fails; the other worker's runs are whole
+    assert [r["status"] for r in runs] == ["ok", "failed", "failed", "ok", "ok", "ok"], [r["error"] for r in runs]
+    assert "its Ray worker died before running it" in runs[2]["error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(Path(f).name for r in runs for f in r["files"])
