@@ -16,8 +16,8 @@ only decides what each worker gets:
   with `--ray-fetch-files`, into a scratch folder on the worker and sent back to the driver,
   which writes them atomically under its output folder (never overwriting: a taken name moves
   to the next counter, as Save Image does);
-- one run's failure is its record's status; a worker that dies fails the runs queued on it and
-  the others go on; Ctrl-C (or SIGTERM) starts nothing more, lets the runs in progress finish
+- one run's failure is its record's status; a worker that dies fails the run it was running,
+  and the rest of its chunk goes to the next free worker; Ctrl-C (or SIGTERM) starts nothing more, lets the runs in progress finish
   (their files are whole), then kills the actors; a second Ctrl-C kills them at once.
 """
 from __future__ import annotations
@@ -211,11 +211,13 @@ def _run_on_ray(plan: list, args, registry: dict, display_names, report) -> tupl
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             actor, run = pending.pop(ref)
             if not _collect(ray, ref, run, counts, actor, fetch, report):  # the worker died
-                lost = queues.pop(actor)
-                for r in lost if queues else [*lost, *(r for c in chunks for r in c)]:
-                    r.record.status, r.record.error = "failed", "its Ray worker died before running it"
-                    report(r.record)
-                if not queues:
+                lost = list(queues.pop(actor))  # its chunk's runs not started yet, in order
+                if queues and lost:
+                    chunks.insert(0, lost)  # the next free worker takes them
+                elif not queues:
+                    for r in [*lost, *(r for c in chunks for r in c)]:
+                        r.record.status, r.record.error = "failed", "every Ray worker died before running it"
+                        report(r.record)
                     chunks.clear()
             if args.fail_fast and run.record.status == "failed":
                 chunks.clear()
