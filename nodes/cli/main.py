@@ -2,7 +2,9 @@
 
     lora-lab run GRAPH... [--set NODE.input=VALUE]... [--sweep NODE.input=V1,V2,...]...
                  [--models-dir DIR] [--output-dir DIR] [--input-dir DIR] [--quiet] [--json] [--validate-only]
-                 [--fail-fast] [--cache-runs N] [--verbose]
+                 [--fail-fast] [--cache-runs N] [--verbose] [--shard I/N]
+                 [--ray [ADDRESS]] [--ray-workers N] [--ray-cpus-per-worker N] [--ray-fetch-files]
+    lora-lab merge-json SHARD_SUMMARY... [-o FILE]
 
 Exit codes: 0 every graph succeeded; 1 at least one failed; 2 bad command line;
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
@@ -11,26 +13,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..io.errors import LoraLabError
+from .run_plan import (
+    RunRecord,
+    Sweep,
+    UsageError,
+    expand,
+    parse_shard,
+    parse_sweep,
+    plan_fingerprint,
+    run_one,
+    select_shard,
+)
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-
-
-class UsageError(LoraLabError):
-    """A command line that cannot be acted on (exit code 2)."""
 
 
 class _Terminated(KeyboardInterrupt):
@@ -38,89 +44,7 @@ class _Terminated(KeyboardInterrupt):
 
 
 # ---------------------------------------------------------------------------------------------
-# run
-
-
-@dataclass
-class Sweep:
-    assignment: object  # workflow.Assignment with value = the raw "V1,V2,..." text
-    values: list
-
-    @property
-    def key(self) -> str:
-        return self.assignment.key
-
-
-def parse_sweep(text: str) -> Sweep:
-    """NODE.input=V1,V2,...; a JSON list (NODE.input=["a, b", "c"]) keeps commas inside values."""
-    from ..graph.workflow import parse_assignment
-
-    a = parse_assignment(text)
-    raw = a.value.strip()
-    if raw.startswith("["):
-        try:
-            values = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"--sweep {text!r}: bad JSON list ({e})") from None
-        values = [v if isinstance(v, str) else json.dumps(v) for v in values]
-    else:
-        values = [v.strip() for v in raw.split(",")]
-    if not values or any(v == "" for v in values):
-        raise UsageError(f"--sweep {text!r}: give one or more comma-separated values")
-    return Sweep(a, values)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-
-
-def _safe(text: str) -> str:
-    return _UNSAFE.sub("_", str(text)).strip("_") or "x"
-
-
-def sweep_label(graph_name: str, combo: list[tuple[Sweep, str]]) -> str | None:
-    """graphname_seed-5_strength-0.5 (input names; node too where two sweeps share an input)."""
-    if not combo:
-        return None
-    names = [s.assignment.input for s, _ in combo]
-    parts = [_safe(graph_name)]
-    for s, value in combo:
-        a = s.assignment
-        key = a.input if names.count(a.input) == 1 else f"{a.node}.{a.input}"
-        parts.append(f"{_safe(key)}-{_safe(value)}")
-    return "_".join(parts)
-
-
-def _unique_names(files: list[Path]) -> list[str]:
-    """File stems, numbered where several files share one (a.json, x/a.png -> a-1, a-2)."""
-    stems = [f.stem for f in files]
-    seen: dict = {}
-    names = []
-    for stem in stems:
-        if stems.count(stem) == 1:
-            names.append(stem)
-        else:
-            seen[stem] = seen.get(stem, 0) + 1
-            names.append(f"{stem}-{seen[stem]}")
-    return names
-
-
-@dataclass
-class RunRecord:
-    graph: str
-    name: str
-    label: str | None = None
-    overrides: dict = field(default_factory=dict)
-    status: str = "skipped"  # ok | failed | interrupted | skipped | valid
-    error: str | None = None
-    problems: list = field(default_factory=list)
-    files: list = field(default_factory=list)
-    seconds: float = 0.0
-    timings: dict = field(default_factory=dict)
-    executed_nodes: list = field(default_factory=list)
-    cached_nodes: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
+# run (planning, sweeps and shards: run_plan.py; Ray: ray_runner.py)
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -141,6 +65,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-runs", type=int, default=1, metavar="N",
                    help="keep cached node outputs used by the last N runs (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--shard", metavar="I/N", help="run only shard I (0..N-1) of the run list; N jobs "
+                   "together run each run once, with the names of one sequential run")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run on a Ray cluster "
+                   "(ADDRESS, or ray.init's default: $RAY_ADDRESS, a running local cluster, else a new one)")
+    p.add_argument("--ray-workers", type=int, metavar="N", help="Ray workers (one actor each; default one per GPU, else per node)")
+    p.add_argument("--ray-cpus-per-worker", type=int, metavar="N", help="CPUs (torch threads) of each Ray worker; "
+                   "default an equal share")
+    p.add_argument("--ray-fetch-files", action="store_true",
+                   help="workers return the files they write (no shared file system with the workers)")
 
 
 @contextlib.contextmanager
@@ -206,93 +139,36 @@ def _print_record(rec: RunRecord, args, out, err) -> None:
         say(f"{rec.status:<7} {what}: {rec.error}", err)
 
 
-def _copy_result(rec: RunRecord, res) -> None:
-    rec.status, rec.error, rec.problems = res.status, res.error, res.problems
-    rec.files, rec.seconds, rec.timings = res.files, res.seconds, res.timings
-    rec.executed_nodes, rec.cached_nodes = res.executed, res.cached
-
-
-def _run_one(rec: RunRecord, wf, assignments: list, executor, validate_only: bool, registry) -> None:
-    """Override, validate and (unless validate_only) execute one run; the outcome goes in rec."""
-    from ..graph.executor import RunInterrupted
-    from ..graph.graph_validate import GraphValidationError, validate_graph
-    from ..graph.workflow import apply_assignments
-
-    t0 = time.perf_counter()
-    try:
-        prompt = apply_assignments(wf.prompt, assignments, registry)
-        if validate_only:
-            validate_graph(prompt, registry)
-            rec.status = "valid"
-            return
-    except GraphValidationError as e:
-        rec.status, rec.error, rec.problems = "failed", str(e), [p.to_dict() for p in e.problems]
-        return
-    except LoraLabError as e:
-        rec.status, rec.error = "failed", str(e)
-        return
-    finally:
-        rec.seconds = time.perf_counter() - t0
-    try:
-        res = executor.run(prompt, extra_pnginfo=wf.extra_pnginfo, label=rec.label, name=rec.name)
-    except RunInterrupted as e:
-        _copy_result(rec, e.result)
-        raise
-    _copy_result(rec, res)
-
-
-def cmd_run(args, registry: dict | None = None, out=None, err=None) -> int:
-    """`lora-lab run`; `registry` (class type -> node class) defaults to lora_lab's nodes."""
+def _run_local(plan: list, args, registry, display_names, report) -> tuple:
+    """The runs one after another in this process; (interrupt or None, cache counts)."""
     from tqdm import tqdm
 
     from ..graph.executor import Executor, RunInterrupted
     from ..graph.workflow import load_workflow
-    from ..io.paths import standalone_dirs
 
-    out = out or sys.stdout
-    err = err or sys.stderr
-    display_names = None
-    if registry is None:  # our nodes + ComfyUI's core ids (the graph layer is handed them, never imports them)
-        from ..defs.runner_registry import RUNNER_CLASS_MAPPINGS as registry
-        from ..defs.runner_registry import RUNNER_DISPLAY_NAME_MAPPINGS as display_names
-    try:
-        sets, sweeps, files = _plan(args)
-    except LoraLabError as e:
-        print(f"lora-lab run: {e}", file=err)
-        return EXIT_USAGE
-    combos = list(itertools.product(*[[(s, v) for v in s.values] for s in sweeps]))
-    # every run planned up front, so an interrupted invocation still lists what it skipped
-    plan = []
-    for path, name in zip(files, _unique_names(files)):
-        for combo in combos:
-            rec = RunRecord(str(path), name, sweep_label(name, list(combo)),
-                            {**{a.key: a.value for a in sets}, **{s.key: v for s, v in combo}})
-            plan.append((path, rec, [*sets, *(replace(s.assignment, value=v) for s, v in combo)]))
-    records = [rec for _, rec, _ in plan]
+    records = [run.record for run in plan]
     executor = Executor(registry, quiet=args.quiet, keep_runs=args.cache_runs)
     interrupt = None
-    t_start = time.perf_counter()
     loaded: dict = {}
     bar = tqdm(total=len(plan), desc="graphs", unit="run", disable=args.quiet, dynamic_ncols=True)
     try:
-        with _quiet_node_bars(args.quiet), _sigterm_as_interrupt(), \
-                standalone_dirs(args.models_dir, args.output_dir, args.input_dir):
-            for path, rec, assignments in plan:
-                if path not in loaded:
-                    loaded.clear()  # one graph file at a time
-                    try:
-                        loaded[path] = load_workflow(path, registry, display_names)
-                    except (LoraLabError, OSError) as e:
-                        loaded[path] = e
-                wf = loaded[path]
-                if isinstance(wf, Exception):
-                    rec.status, rec.error = "failed", str(wf)
-                else:
-                    _run_one(rec, wf, assignments, executor, args.validate_only, registry)
-                _print_record(rec, args, out, err)
-                bar.update(1)
-                if args.fail_fast and rec.status == "failed":
-                    break
+        for run in plan:
+            rec = run.record
+            if run.path not in loaded:
+                loaded.clear()  # one graph file at a time
+                try:
+                    loaded[run.path] = load_workflow(run.path, registry, display_names)
+                except (LoraLabError, OSError) as e:
+                    loaded[run.path] = e
+            wf = loaded[run.path]
+            if isinstance(wf, Exception):
+                rec.status, rec.error = "failed", str(wf)
+            else:
+                run_one(rec, wf, run.assignments, executor, args.validate_only, registry)
+            report(rec)
+            bar.update(1)
+            if args.fail_fast and rec.status == "failed":
+                break
     except RunInterrupted as e:
         interrupt = e.cause
     except KeyboardInterrupt as e:  # between runs, or while loading a graph
@@ -304,7 +180,50 @@ def cmd_run(args, registry: dict | None = None, out=None, err=None) -> int:
         interrupted_rec = next((r for r in records if r.status == "interrupted"), current)
         if interrupted_rec is not None:
             interrupted_rec.status, interrupted_rec.error = "interrupted", "interrupted by the user"
-            _print_record(interrupted_rec, args, out, err)
+            report(interrupted_rec)
+    return interrupt, {"hits": executor.cache.hits, "misses": executor.cache.misses}
+
+
+def cmd_run(args, registry: dict | None = None, out=None, err=None) -> int:
+    """`lora-lab run`; `registry` (class type -> node class) defaults to lora_lab's nodes."""
+    from ..io.paths import standalone_dirs
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    display_names = None
+    if registry is None:  # our nodes + ComfyUI's core ids (the graph layer is handed them, never imports them)
+        from ..defs.runner_registry import RUNNER_CLASS_MAPPINGS as registry
+        from ..defs.runner_registry import RUNNER_DISPLAY_NAME_MAPPINGS as display_names
+    try:
+        sets, sweeps, files = _plan(args)
+        shard = parse_shard(args.shard) if args.shard is not None else None
+    except LoraLabError as e:
+        print(f"lora-lab run: {e}", file=err)
+        return EXIT_USAGE
+    # every run planned up front, so an interrupted invocation still lists what it skipped
+    plan = expand(files, sets, sweeps)
+    n_total, fingerprint = len(plan), plan_fingerprint(plan)
+    if shard is not None:
+        plan = select_shard(plan, shard, registry, display_names)
+    records = [run.record for run in plan]
+    t_start = time.perf_counter()
+
+    def report(rec):
+        _print_record(rec, args, out, err)
+
+    with _quiet_node_bars(args.quiet), _sigterm_as_interrupt(), \
+            standalone_dirs(args.models_dir, args.output_dir, args.input_dir):
+        if args.ray is not None:
+            from .ray_runner import run_on_ray
+
+            try:
+                interrupt, cache = run_on_ray(plan, args, registry, display_names, report)
+            except LoraLabError as e:  # no ray, or no cluster at that address
+                print(f"lora-lab run: {e}", file=err)
+                return EXIT_USAGE
+        else:
+            interrupt, cache = _run_local(plan, args, registry, display_names, report)
+    if interrupt is not None:
         print("lora-lab run: interrupted; stopped cleanly", file=err)
         code = EXIT_TERMINATED if isinstance(interrupt, _Terminated) else EXIT_INTERRUPTED
     elif any(r.status == "failed" for r in records):
@@ -316,15 +235,19 @@ def cmd_run(args, registry: dict | None = None, out=None, err=None) -> int:
         n_ok = sum(s in ("ok", "valid") for s in statuses)
         print(f"{n_ok} of {len(records)} run(s) succeeded, {statuses.count('failed')} failed"
               + (f", {statuses.count('skipped')} skipped" if statuses.count("skipped") else "")
+              + (f" (shard {shard} of {n_total} runs)" if shard else "")
               + f" ({time.perf_counter() - t_start:.1f} s)", file=out)
     if args.json:
         summary = {
             "status": {EXIT_OK: "ok", EXIT_FAILED: "failed"}.get(code, "interrupted"),
             "exit_code": code,
             "runs": [r.to_dict() for r in records],
-            "cache": {"hits": executor.cache.hits, "misses": executor.cache.misses},
+            "cache": cache,
             "seconds": time.perf_counter() - t_start,
         }
+        if shard is not None:  # what `lora-lab merge-json` checks
+            summary["shard"] = {"index": shard.index, "count": shard.count, "runs_total": n_total,
+                                "plan": fingerprint}
         print(json.dumps(summary, indent=2, default=repr), file=out)
     return code
 
@@ -351,6 +274,8 @@ SUBCOMMANDS = {
               _lazy("cli_merge", "main")),
     "lora": ("LoRA file tools: merge, resize, extract, save", _lazy("cli_merge", "add_lora_arguments"),
              _lazy("cli_merge", "main_lora")),
+    "merge-json": ("merge the --json summaries of `run --shard I/N` jobs into one",
+                   _lazy("cli_summaries", "add_arguments"), _lazy("cli_summaries", "main")),
 }
 
 
