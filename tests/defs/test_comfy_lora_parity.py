@@ -305,3 +305,38 @@ def test_unet_only_sd2_sdxl_equal_comfyui(comfy, family, tmp_path):
         assert c_ours is None and len(m_ours.patches) == len(m_theirs.patches) == len(unet_layers(h))
         ours, theirs = patched(m_ours, comfy), patched(m_theirs, comfy)
         assert close(ours, theirs, f"{family} {name} UNet") <= FP16_REL
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_text_encoder_keys_exist_in_comfyui_clip_models(comfy, family):
+    """Every text-encoder layer of our index maps to a key of ComfyUI's own SD 2.x / SDXL CLIP
+    models (built on the meta device), with the same shape."""
+    from lora_lab.nodes.lora import comfy_keys
+    from lora_lab.nodes.lora.lora_keys import Target
+    from lora_lab.nodes.lora.patcher import state_for
+
+    sd2_clip = importlib.import_module("comfy.text_encoders.sd2_clip")
+    sdxl_clip = importlib.import_module("comfy.sdxl_clip")
+    with torch.device("meta"):
+        clip_model = sdxl_clip.SDXLClipModel(device="meta") if family == "sdxl" else sd2_clip.SD2ClipModel(device="meta")
+    clip_shapes = {k: tuple(v.shape) for k, v in clip_model.state_dict().items()}
+    if family == "sdxl":  # SDXL's UNet takes the pooled bigG output: a full-size UNet beside full-size CLIPs
+        from test_comfy_keys import reference
+
+        ldm = reference("sdxl_checkpoint_keys.json")
+    else:
+        h = make_handle(family, seed=1)
+        ldm = {k: tuple(v.shape) for k, v in checkpoint_save.ldm_state_dict(family, h.unet, h.vae, h.text_encoders).items()}
+    unet = {k[len("model."):]: s for k, s in ldm.items() if k.startswith("model.diffusion_model.")}
+    skeleton = comfy_keys.skeleton_from_comfy(unet, clip_shapes)
+    assert skeleton.family == family
+    st = state_for(skeleton)
+    bad, n = [], 0
+    for (comp, mod), module in st.modules.items():
+        if comp == "unet" or getattr(module, "weight", None) is None:
+            continue
+        key = comfy_keys.comfy_key(family, st.index, Target(comp, mod), "weight")
+        n += 1
+        if clip_shapes.get(key) != tuple(module.weight.shape):
+            bad.append((key, clip_shapes.get(key), tuple(module.weight.shape)))
+    assert n > 150 and not bad, bad[:5]
