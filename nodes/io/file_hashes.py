@@ -74,3 +74,14 @@ def lora_short_hash(path: str | os.PathLike, metadata: dict | None = None) -> st
 def embedding_short_hash(path: str | os.PathLike) -> str:
     """A1111's `TI hashes` entry: first 12 hex digits of the file's SHA-256."""
     return sha256_file(path)[:12]
+
+
+def legacy_model_hash(path: str | os.PathLike) -> str:
+    """A1111's old 8-digit `Model hash` (before 2023): SHA-256 of 64 KiB at offset 1 MiB."""
+    path = Path(path)
+    key = _key(path, "legacy")
+    if key not in _CACHE:
+        with open(path, "rb") as f:
+            f.seek(0x100000)
+            _CACHE[key] = hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+    return _CACHE[key]
