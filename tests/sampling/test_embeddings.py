@@ -139,3 +139,41 @@ def test_unsafe_pickle_refused(emb_dir, sd1):
     torch.save({"string_to_param": {"*": Evil()}}, emb_dir / "evil.pt", pickle_protocol=pickle.DEFAULT_PROTOCOL)
     with pytest.raises(Exception, match="cannot be loaded safely"):
         _enc(sd1, "embedding:evil")
+
+
+def _comfy_sd1_clip():
+    import importlib
+    import os
+    import sys
+
+    root = os.environ.get("COMFYUI_DIR")
+    if not root or not os.path.isfile(os.path.join(root, "comfy", "sd1_clip.py")):
+        pytest.skip("COMFYUI_DIR is not set to a ComfyUI checkout")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        if "comfy.model_management" not in sys.modules:
+            importlib.import_module("comfy.cli_args").args.cpu = True  # ComfyUI's own --cpu
+        return importlib.import_module("comfy.sd1_clip")
+    except Exception as e:  # noqa: BLE001 - any import failure means "this interpreter cannot run ComfyUI"
+        pytest.skip(f"ComfyUI does not import here: {e}")
+
+
+@pytest.mark.parametrize("text", [
+    "a embedding:catpt on grass", "(embedding:catst:1.3), x", "embedding:catdict, embedding:nothing y",
+    "a embedding:catpt, on " + "word " * 70 + "embedding:catst end", "x\nembedding:catpt,tail z",
+])
+def test_tokens_match_comfyui(emb_dir, sd1, text):
+    """ComfyUI's SDTokenizer with the same embeddings folder: the same ids, vectors and weights per place."""
+    sd1_clip = _comfy_sd1_clip()
+    theirs = sd1_clip.SDTokenizer(embedding_directory=str(emb_dir)).tokenize_with_weights(text)
+    ours = tokenize_weighted(load_tokenizer("clip_l"), text, True, lookups_for(sd1)[0])
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert len(a) == len(b)
+        for (ta, wa), (tb, wb, *_) in zip(a, b):
+            assert wa == pytest.approx(wb)
+            if isinstance(tb, torch.Tensor):
+                assert isinstance(ta, torch.Tensor) and torch.equal(ta, tb.float())
+            else:
+                assert ta == tb
