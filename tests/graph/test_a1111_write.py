@@ -97,3 +97,27 @@ def test_missing_files_write_no_hash(models):
     g["1"]["inputs"]["ckpt_name"] = "gone.safetensors"
     _, _, fields = parse_infotext(parameters_for(g, "3"))
     assert fields["Model"] == "gone" and "Model hash" not in fields and "Lora hashes" not in fields
+
+
+def test_core_save_image_writes_the_parameters(models, tmp_path):
+    from PIL import Image
+
+    from lora_lab.nodes.defs.core_image import SaveImage
+
+    g = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "real.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a castle", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": 5, "steps": 2, "cfg": 7.0, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0,
+            "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "ComfyUI"}},
+    }
+    res = SaveImage().save_images(torch.rand(1, 8, 8, 3), "ComfyUI", prompt=g, unique_id="9")
+    name = res["ui"]["images"][0]["filename"]
+    with Image.open(tmp_path / "out" / name) as im:
+        text = im.text["parameters"]
+    assert text.splitlines()[0] == "a castle"
+    assert text.splitlines()[1].startswith("Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 5")

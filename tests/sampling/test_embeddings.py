@@ -177,3 +177,15 @@ def test_tokens_match_comfyui(emb_dir, sd1, text):
                 assert isinstance(ta, torch.Tensor) and torch.equal(ta, tb.float())
             else:
                 assert ta == tb
+
+
+def test_core_clip_text_encode_reads_comfyui_syntax(emb_dir, sd1):
+    from lora_lab.nodes.defs.core_conditioning import CLIPTextEncode
+    from lora_lab.nodes.model.runner_types import ClipHandle
+
+    (cond,) = CLIPTextEncode().encode(ClipHandle(sd1), "a embedding:catpt on grass")
+    assert torch.equal(cond[0][0], encode_prompt(sd1, "a black cat on grass").cond.float().cpu())
+    (bare,) = CLIPTextEncode().encode(ClipHandle(sd1), "a catpt on grass")  # ComfyUI: a bare name is text
+    assert not torch.equal(bare[0][0], cond[0][0])
+    with pytest.raises(NodeInputError, match="'text'.*made for SDXL"):
+        CLIPTextEncode().encode(ClipHandle(sd1), "embedding:xlcat")
