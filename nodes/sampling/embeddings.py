@@ -172,3 +172,28 @@ def prompt_embedding_names(text: str) -> list[str]:
     for segment, _ in parse_weights(a1111_to_comfy(text or "")):
         segment_words(segment, record)
     return out
+
+
+def embedding_info(name: str) -> dict:
+    """What the editor shows about an embedding, like lora_info for a LoRA: its family, vector
+    count, A1111 training facts, sidecars, and trigger words (the name to write in a prompt,
+    then civitai trainedWords / the A1111 sidecar's activation text)."""
+    from ..lora.lora_info import read_sidecars
+
+    path = resolve_embedding(name)
+    raw = load_embedding_file(path)
+    t = _vectors_any(raw, "clip_l")
+    side = read_sidecars(path)
+    words = [path.stem] + side.get("trained_words", []) + [side.get("json", {}).get("activation text", "")]
+    seen: list[str] = []
+    for w in words:
+        if w and w.strip() and w.strip() not in seen:
+            seen.append(w.strip())
+    return {
+        "name": name, "file": path.name, "family": embedding_family(raw),
+        "vectors": int(t.reshape(-1, t.shape[-1]).shape[0]) if t is not None else 0,
+        "width": int(t.shape[-1]) if t is not None else 0,
+        "training": {k: raw[k] for k in ("name", "step", "sd_checkpoint", "sd_checkpoint_name")
+                     if isinstance(raw.get(k), (str, int, float))},
+        "sidecars": side, "trigger_words": ", ".join(seen),
+    }

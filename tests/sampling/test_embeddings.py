@@ -189,3 +189,17 @@ def test_core_clip_text_encode_reads_comfyui_syntax(emb_dir, sd1):
     assert not torch.equal(bare[0][0], cond[0][0])
     with pytest.raises(NodeInputError, match="'text'.*made for SDXL"):
         CLIPTextEncode().encode(ClipHandle(sd1), "embedding:xlcat")
+
+
+def test_embedding_info_and_trigger_words(emb_dir):
+    import json
+
+    from lora_lab.nodes.sampling.embeddings import embedding_info
+
+    (emb_dir / "catpt.civitai.info").write_text(json.dumps({"trainedWords": ["catpt", "black cat"]}))
+    info = embedding_info("catpt")
+    assert info["family"] == "32-wide vectors" and info["vectors"] == 2 and info["width"] == 32
+    assert info["training"] == {"name": "catpt", "step": 3000, "sd_checkpoint": "abc", "sd_checkpoint_name": "v1-5"}
+    assert info["trigger_words"] == "catpt, black cat"
+    assert embedding_info("xlcat")["family"] == "SDXL"
+    json.dumps(info)
