@@ -81,13 +81,16 @@ def models(tmp_path):
     with paths.standalone_dirs(root, tmp_path / "out"):
         demo = ensure_demo_checkpoint()
         shutil.copy(demo, root / "checkpoints" / "sd15" / "v1-5-pruned-emaonly.safetensors")
-        from lora_lab.nodes.demo.demo_lora import ensure_demo_lora
+        from lora_lab.nodes.demo.demo_lora import DEMO_CHARACTER, ensure_demo_lora
+        from lora_lab.nodes.io.safetensors_io import read_header
 
         style = ensure_demo_lora()
         shutil.copy(style, root / "loras" / "style" / "animeoutlineV4_16.safetensors")
         shutil.copy(style, root / "loras" / "inkstyle.safetensors")
-        shutil.copy(ensure_demo_lora("lora-lab-demo-detail.safetensors"), root / "loras" / "some_file.safetensors")
-        save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(1))},
+        shutil.copy(ensure_demo_lora(DEMO_CHARACTER), root / "loras" / "some_file.safetensors")
+        header, _ = read_header(demo)
+        width = next(v["shape"][1] for k, v in header.items() if k.endswith("token_embedding.weight"))
+        save_file({"emb_params": torch.randn(2, width, generator=torch.Generator().manual_seed(1))},
                   root / "embeddings" / "EasyNegative.safetensors")
         yield root
 
@@ -133,8 +136,10 @@ def test_checkpoint_by_hash_and_lora_by_hash(models):
     g = graph_from_parameters(text)
     # the demo copy and the demo itself have the same bytes: the hash finds one of them
     assert g.prompt["1"]["inputs"]["ckpt_name"] in ("sd15/v1-5-pruned-emaonly.safetensors", DEMO_NAME)
-    # renamed to the file with the hash (the demo detail LoRA it was copied from has the same hash)
-    assert _sample(g)["prompt"].split(">")[0] in ("<lora:some_file:0.7", "<lora:lora-lab-demo-detail:0.7")
+    # renamed to the file with the hash (the demo LoRA it was copied from has the same hash)
+    from lora_lab.nodes.demo.demo_lora import DEMO_CHARACTER
+
+    assert _sample(g)["prompt"].split(">")[0] in ("<lora:some_file:0.7", f"<lora:{DEMO_CHARACTER[:-12]}:0.7")
     assert _sample(g)["scheduler"] == "normal"  # Euler's Automatic: the model's own sigmas
     assert g.unmapped == {}
     with pytest.raises(WorkflowError, match="no checkpoint for Model: None, Model hash: 'ffffffffff'"):
