@@ -104,7 +104,10 @@ def _model(name: str, weights: bool):
 
 
 def _needs_weights(raws) -> bool:
-    return any(a.dora_scale is not None or a.kind == "ia3" for raw in raws for a in raw.adapters.values())
+    from ..lora.adapters_ortho import WEIGHT_KINDS
+
+    return any(a.dora_scale is not None or a.kind in ("ia3", *WEIGHT_KINDS)
+               for raw in raws for a in raw.adapters.values())
 
 
 def _read_loras(specs: list[str]) -> list:

@@ -10,16 +10,20 @@ MAX_RESOLUTION = 16384
 def _encode(node: str, clip, text: str, sdxl_texts=None):
     from ..io.errors import NodeInputError
     from ..lora.patcher import activate
+    from ..sampling.embeddings import EmbeddingError, lookups_for
     from ..sampling.prompt import encode_prompt, encode_prompt_sdxl
 
     if clip is None:
         raise NodeInputError(node, "clip", None, "no CLIP (the checkpoint has no text encoder?)")
     activate(clip.handle)  # base + this CLIP's text LoRAs
+    lookups = lookups_for(clip.handle)  # embedding:name, as ComfyUI's tokenizer reads it
     try:
         if sdxl_texts is None:
-            c = encode_prompt(clip.handle, text, clip_skip=clip.clip_skip)
+            c = encode_prompt(clip.handle, text, clip_skip=clip.clip_skip, lookups=lookups)
         else:
-            c = encode_prompt_sdxl(clip.handle, *sdxl_texts, clip_skip=clip.clip_skip)
+            c = encode_prompt_sdxl(clip.handle, *sdxl_texts, clip_skip=clip.clip_skip, lookups=lookups)
+    except EmbeddingError as e:
+        raise NodeInputError(node, "text", text if sdxl_texts is None else sdxl_texts, str(e)) from None
     except ValueError as e:
         raise NodeInputError(node, "clip", repr(clip), str(e)) from None
     return c.cond.float().cpu(), (None if c.pooled is None else c.pooled.float().cpu())

@@ -77,7 +77,8 @@ class LoadImageMask:
 
 
 class SaveImage:
-    """PNGs `<prefix>_<counter:05>_.png` with the prompt and workflow chunks, as ComfyUI writes them."""
+    """PNGs `<prefix>_<counter:05>_.png` with the prompt and workflow chunks, as ComfyUI writes them,
+    plus the A1111 `parameters` text of the KSampler graph behind them (graph/a1111_write.py)."""
 
     CATEGORY = "image"
     RETURN_TYPES = ()
@@ -87,14 +88,16 @@ class SaveImage:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})},
-                "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+                "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"}}
 
-    def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+    def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None, unique_id=None):
+        from ..graph.a1111_write import parameters_for
         from ..io.image_io import save_images
         from ..io.paths import output_dir
         from .common import with_run_label
 
-        paths = save_images(images, with_run_label(filename_prefix), prompt, extra_pnginfo, None, node="SaveImage")
+        paths = save_images(images, with_run_label(filename_prefix), prompt, extra_pnginfo,
+                            parameters_for(prompt, unique_id), node="SaveImage")
         root = output_dir().resolve()
         ui = []
         for p in paths:

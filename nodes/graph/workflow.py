@@ -6,7 +6,8 @@
   subgraph definitions); converted by `workflow_ui.ui_to_api` as the frontend does.
 - PNG: the `prompt` (API) and `workflow` (UI) text chunks ComfyUI writes. The `prompt` chunk
   is what actually ran, so it is used when present; the `workflow` chunk is kept for
-  EXTRA_PNGINFO (and converted when it is the only one).
+  EXTRA_PNGINFO (and converted when it is the only one). A PNG with neither but an A1111
+  `parameters` chunk (A1111, Civitai) becomes the graph those parameters describe (a1111.py).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class Workflow:
     name: str  # short name (file stem) for labels and reports
     prompt: dict  # the API graph
     ui: dict | None = None  # the UI workflow, when the source carried one (for EXTRA_PNGINFO)
+    unmapped: dict | None = None  # A1111 parameters this graph does not reproduce: field -> why
 
     @property
     def extra_pnginfo(self) -> dict | None:
@@ -102,6 +104,8 @@ def read_png_chunks(path: str | Path) -> dict:
     except (UnidentifiedImageError, OSError) as e:
         raise WorkflowError(f"{path}: not a readable image ({e})") from None
     chunks = {}
+    if isinstance(text.get("parameters"), str):
+        chunks["parameters"] = text["parameters"]  # A1111's settings text, kept as text
     for key in ("prompt", "workflow"):
         if key in text:
             try:
@@ -109,6 +113,19 @@ def read_png_chunks(path: str | Path) -> dict:
             except json.JSONDecodeError as e:
                 raise WorkflowError(f"{path}: the {key!r} chunk is not valid JSON ({e})") from None
     return chunks
+
+
+def _from_a1111(p: Path, text: str) -> Workflow:
+    """The graph an A1111 / Civitai PNG's parameters describe (a1111.py); what it cannot map is logged."""
+    from .a1111 import graph_from_parameters
+
+    try:
+        built = graph_from_parameters(text, p.stem)
+    except WorkflowError as e:
+        raise WorkflowError(f"{p}: {e}") from None
+    for key, why in built.unmapped.items():
+        log.warning("%s: A1111 %s: %s", p.name, key, why)
+    return Workflow(str(p), p.stem, built.prompt, None, built.unmapped)
 
 
 def load_workflow(path: str | Path, registry: dict, display_names: dict | None = None) -> Workflow:
@@ -123,7 +140,10 @@ def load_workflow(path: str | Path, registry: dict, display_names: dict | None =
             return Workflow(str(path), p.stem, _normalise_api(chunks["prompt"]), ui)
         if ui is not None:
             return Workflow(str(path), p.stem, _convert_ui(ui, registry, str(path), display_names), ui)
-        raise WorkflowError(f"{path}: the PNG carries no ComfyUI 'prompt' or 'workflow' chunk")
+        if chunks.get("parameters"):
+            return _from_a1111(p, chunks["parameters"])
+        raise WorkflowError(f"{path}: the PNG carries no ComfyUI 'prompt' or 'workflow' chunk "
+                            "and no A1111 'parameters' chunk")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -75,9 +75,7 @@ def save_images(images: torch.Tensor, filename_prefix: str, prompt=None, extra_p
 
 
 def a1111_parameters(prompt: str, negative: str, settings: dict) -> str:
-    """The `parameters` text A1111 writes: prompt, 'Negative prompt: ...', then 'Key: value, ...'."""
-    lines = [prompt or ""]
-    if negative:
-        lines.append(f"Negative prompt: {negative}")
-    lines.append(", ".join(f"{k}: {v}" for k, v in settings.items() if v is not None and v != ""))
-    return "\n".join(lines)
+    """The `parameters` text A1111 writes (png_params.format_infotext: its field order and quoting)."""
+    from .png_params import format_infotext
+
+    return format_infotext(prompt, negative, settings)

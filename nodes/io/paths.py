@@ -1,12 +1,12 @@
 """Model and output folders.
 
 Inside ComfyUI the folders come from its `folder_paths` module ("checkpoints", "loras",
-"vae", "input", "output"). Standalone they are `<models_dir>/checkpoints`, `<models_dir>/loras`,
-`<models_dir>/vae`, `<input_dir>` and `<output_dir>`, where models_dir / output_dir / input_dir
-come from, in order: `standalone_dirs(...)` (the CLI's --models-dir / --output-dir /
---input-dir), the environment variables LORA_LAB_MODELS_DIR / LORA_LAB_OUTPUT_DIR /
-LORA_LAB_INPUT_DIR, and the defaults `./models`, `./output` and `./input` (relative to the
-current working directory).
+"vae", "embeddings", "input", "output"). Standalone they are `<models_dir>/checkpoints`,
+`<models_dir>/loras`, `<models_dir>/vae`, `<models_dir>/embeddings`, `<input_dir>` and
+`<output_dir>`, where models_dir / output_dir / input_dir come from, in order:
+`standalone_dirs(...)` (the CLI's --models-dir / --output-dir / --input-dir), the environment
+variables LORA_LAB_MODELS_DIR / LORA_LAB_OUTPUT_DIR / LORA_LAB_INPUT_DIR, and the defaults
+`./models`, `./output` and `./input` (relative to the current working directory).
 
 Every name is resolved inside its folder: absolute paths, `..` and symlinks that leave the
 folder are refused with ModelPathError.
@@ -21,10 +21,11 @@ from pathlib import Path
 
 from .errors import ModelPathError
 
-KINDS = ("checkpoints", "loras", "vae", "input", "output")
+KINDS = ("checkpoints", "loras", "vae", "embeddings", "input", "output")
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 LORA_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 VAE_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+EMBEDDING_EXTENSIONS = (".safetensors", ".pt", ".bin", ".pth")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 _dirs: contextvars.ContextVar = contextvars.ContextVar("lora_lab_dirs", default=None)

@@ -1,75 +1,157 @@
-"""A1111-style `parameters` text for a saved image, read off the API graph that made it.
+"""A1111's `parameters` text ("infotext"): the names it uses, the text it writes, and a parser.
 
-The IMAGE edge carries only pixels, so the saver follows its `images` link back through the
-graph to the Sample node and reads the settings there (literal values only; inputs fed by
-links from other nodes are resolved when they are literals of a primitive-like node).
+Written as A1111's `modules/processing.py` `create_infotext` writes it:
+
+    <prompt>
+    Negative prompt: <negative>                      (only when there is one)
+    Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x768,
+    Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, ..., Clip skip: 2, Hires upscale: 2, ...,
+    Lora hashes: "ink: 0123456789ab, cat: ba9876543210", TI hashes: "bad_hands: ...", Version: ...
+
+Fields keep A1111's order (FIELD_ORDER; others follow in the order given); a value with a
+comma, colon or newline is JSON-quoted (A1111's `infotext_utils.quote`). Since A1111 1.9 the
+sampler and its schedule are two fields ("Sampler: DPM++ 2M, Schedule type: Karras"); older
+images combine them ("Sampler: DPM++ 2M Karras"), which `split_sampler` undoes.
+
+The parser (`parse_infotext`) follows `infotext_utils.parse_generation_parameters`: the last
+line holding at least three `key: value` pairs is the settings line, lines before it are the
+prompt up to "Negative prompt:", which starts the negative prompt.
 """
 from __future__ import annotations
 
-from .image_io import a1111_parameters
+import json
+import re
 
-# ComfyUI sampler / scheduler names -> the names A1111 writes (for tools that parse them).
+# ComfyUI sampler name -> A1111's (sd_samplers_kdiffusion.samplers_k_diffusion, sd_samplers_timesteps).
 A1111_SAMPLERS = {
-    "euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun", "dpm_2": "DPM2",
-    "dpm_2_ancestral": "DPM2 a", "lms": "LMS", "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE",
-    "dpmpp_sde": "DPM++ SDE", "ddim": "DDIM", "uni_pc": "UniPC",
+    "euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun", "dpm_2": "DPM2", "dpm_2_ancestral": "DPM2 a",
+    "lms": "LMS", "dpmpp_2s_ancestral": "DPM++ 2S a", "dpmpp_sde": "DPM++ SDE", "dpmpp_sde_gpu": "DPM++ SDE",
+    "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_2m_sde_gpu": "DPM++ 2M SDE",
+    "dpmpp_2m_sde_heun": "DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun_gpu": "DPM++ 2M SDE Heun",
+    "dpmpp_3m_sde": "DPM++ 3M SDE", "dpmpp_3m_sde_gpu": "DPM++ 3M SDE", "lcm": "LCM", "ddim": "DDIM",
+    "uni_pc": "UniPC", "uni_pc_bh2": "UniPC",
 }
+# A1111 name -> ComfyUI's (the first ComfyUI name of each, CPU noise variants).
+COMFY_SAMPLERS = {}
+for _comfy, _a1111 in A1111_SAMPLERS.items():
+    COMFY_SAMPLERS.setdefault(_a1111, _comfy)
+# ComfyUI scheduler -> A1111's `Schedule type` label (modules/sd_schedulers.py; A1111 ported
+# Simple, Normal, DDIM and Beta from ComfyUI, so those are the same schedules).
+A1111_SCHEDULES = {
+    "karras": "Karras", "exponential": "Exponential", "sgm_uniform": "SGM Uniform", "kl_optimal": "KL Optimal",
+    "simple": "Simple", "normal": "Normal", "ddim_uniform": "DDIM", "beta": "Beta",
+}
+COMFY_SCHEDULES = {v: k for k, v in A1111_SCHEDULES.items()}
+COMFY_SCHEDULES.update({"SGMUniform": "sgm_uniform", "Uniform": "normal"})
+# "Automatic" = the sampler's default schedule in A1111 >= 1.9 (its samplers_k_diffusion
+# options); samplers without one use the model's own discrete sigmas, which is ComfyUI's
+# "normal" (timesteps evenly spaced from 999 to 0). DDIM walks A1111's uniform timesteps.
+AUTOMATIC_SCHEDULES = {
+    "DPM++ 2M": "karras", "DPM++ SDE": "karras", "DPM++ 2M SDE": "exponential", "DPM++ 2M SDE Heun": "exponential",
+    "DPM++ 2S a": "karras", "DPM++ 3M SDE": "exponential", "DPM2": "karras", "DPM2 a": "karras",
+    "DDIM": "ddim_uniform", "Restart": "karras",
+}
+# Old combined names: "<sampler> <suffix>" (A1111 < 1.9).
+_SCHEDULE_SUFFIXES = ("Karras", "Exponential", "SGMUniform", "SGM Uniform", "Polyexponential")
+
+# create_infotext's order; fields not listed come after, before the two that close it.
+FIELD_ORDER = (
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
+    "Model hash", "Model", "FP8 weight", "Cache FP16 weight for LoRA", "VAE hash", "VAE", "Variation seed",
+    "Variation seed strength", "Seed resize from", "Denoising strength", "Conditional mask weight", "Clip skip",
+    "ENSD", "Tiling",
+)
+LAST_FIELDS = ("Version", "User")
+
+_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 
-def _literal(graph: dict, value):
-    """A literal input value, or the literal behind a one-hop link; None if computed."""
-    if isinstance(value, list) and len(value) == 2 and str(value[0]) in graph:
-        src = graph[str(value[0])]
-        lits = [v for v in src.get("inputs", {}).values() if not isinstance(v, list)]
-        return lits[0] if len(lits) == 1 else None
-    return value
+def quote(text) -> str:
+    """A1111's infotext_utils.quote: JSON-quote a value holding ',', ':' or a newline."""
+    text = str(text)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
 
 
-def _find_upstream(graph: dict, node_id: str, class_type: str, input_name: str):
-    """The first node of `class_type` feeding `node_id` through `input_name` (walking inputs)."""
-    seen = set()
-    link = graph.get(str(node_id), {}).get("inputs", {}).get(input_name)
-    stack = [link]
-    while stack:
-        link = stack.pop()
-        if not (isinstance(link, list) and len(link) == 2):
-            continue
-        nid = str(link[0])
-        if nid in seen or nid not in graph:
-            continue
-        seen.add(nid)
-        node = graph[nid]
-        if node.get("class_type") == class_type:
-            return nid, node
-        stack.extend(v for v in node.get("inputs", {}).values() if isinstance(v, list))
-    return None, None
+def unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
-def parameters_for(graph: dict | None, unique_id) -> str | None:
-    """The `parameters` chunk text for the image saved by node `unique_id`, or None."""
-    if not graph or unique_id is None:
-        return None
-    sid, sampler = _find_upstream(graph, unique_id, "LoraLabSampler", "images")
-    if sampler is None:
-        return None
-    inp = {k: _literal(graph, v) for k, v in sampler.get("inputs", {}).items()}
-    _, loader = _find_upstream(graph, sid, "LoraLabCheckpointLoader", "model")
-    model = None
-    if loader is not None:
-        model = _literal(graph, loader.get("inputs", {}).get("ckpt_name"))
-    sampler_name = inp.get("sampler_name")
-    a1111 = A1111_SAMPLERS.get(sampler_name, sampler_name)
-    if a1111 and inp.get("scheduler") == "karras":
-        a1111 += " Karras"
-    w, h = inp.get("width"), inp.get("height")
-    settings = {
-        "Steps": inp.get("steps"),
-        "Sampler": a1111,
-        "Schedule type": inp.get("scheduler"),
-        "CFG scale": inp.get("cfg"),
-        "Seed": inp.get("seed"),
-        "Size": f"{w}x{h}" if w and h else None,
-        "Model": model.rsplit(".", 1)[0] if isinstance(model, str) else None,
-        "Clip skip": inp.get("clip_skip") or None,
-    }
-    return a1111_parameters(str(inp.get("prompt") or ""), str(inp.get("negative_prompt") or ""), settings)
+def _fmt(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # A1111 writes "CFG scale: 7" for 7.0
+    return quote(value)
+
+
+def format_infotext(prompt: str, negative: str, fields: dict) -> str:
+    """The `parameters` text; fields whose value is None or '' are left out, as A1111 does."""
+    present = {k: v for k, v in fields.items() if v is not None and v != ""}
+    ordered = [k for k in FIELD_ORDER if k in present]
+    ordered += [k for k in present if k not in FIELD_ORDER and k not in LAST_FIELDS]
+    ordered += [k for k in LAST_FIELDS if k in present]
+    settings = ", ".join(f"{k}: {_fmt(present[k])}" for k in ordered)
+    negative_text = f"\nNegative prompt: {negative}" if negative else ""
+    return f"{prompt or ''}{negative_text}\n{settings}".strip()
+
+
+def hashes_field(pairs: list[tuple[str, str]]) -> str | None:
+    """'name: hash, ...' for `Lora hashes` / `TI hashes`; A1111 drops ':' and ',' from names."""
+    seen: dict[str, str] = {}
+    for name, h in pairs:
+        if h:
+            seen[name.replace(":", "").replace(",", "")] = h
+    return ", ".join(f"{k}: {v}" for k, v in seen.items()) or None
+
+
+def parse_hashes_field(text: str) -> dict[str, str]:
+    out = {}
+    for part in (text or "").split(","):
+        name, sep, h = part.rpartition(":")
+        if sep and name.strip():
+            out[name.strip()] = h.strip()
+    return out
+
+
+def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
+    """(prompt, negative prompt, {field: value as text}) of A1111 `parameters` text."""
+    lines = (text or "").strip().split("\n")
+    settings = ""
+    if lines and len(_RE_PARAM.findall(lines[-1])) >= 3:
+        settings = lines.pop()
+    prompt, negative, in_negative = "", "", False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        if in_negative:
+            negative += ("" if not negative else "\n") + line
+        else:
+            prompt += ("" if not prompt else "\n") + line
+    fields = {}
+    for key, value in _RE_PARAM.findall(settings):
+        fields[key.strip()] = unquote(value.strip())
+    return prompt, negative, fields
+
+
+def split_sampler(sampler: str, schedule: str | None) -> tuple[str, str]:
+    """(A1111 sampler name, A1111 schedule label), undoing the pre-1.9 combined names."""
+    sampler = (sampler or "").strip()
+    if schedule:
+        return sampler, schedule.strip()
+    for suffix in _SCHEDULE_SUFFIXES:
+        if sampler.endswith(" " + suffix) and sampler[: -len(suffix) - 1] in COMFY_SAMPLERS:
+            return sampler[: -len(suffix) - 1], suffix
+    return sampler, "Automatic"
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    m = _RE_SIZE.match((text or "").strip())
+    return (int(m.group(1)), int(m.group(2))) if m else None

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-KINDS = ("lora", "loha", "lokr", "diff", "ia3")
+from .adapters_ortho import WEIGHT_KINDS, transformed_weight
+
+KINDS = ("lora", "loha", "lokr", "diff", "ia3", "oft", "boft", "glora")  # the last three: adapters_ortho.py
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: tensors are not compared
@@ -25,6 +27,8 @@ class Adapter:
       lokr: w1 or (w1a, w1b); w2 or (w2a, w2b); t2 (tucker, optional)
       diff: diff (full ΔW; also used for norm layers' w_norm)
       ia3:  weight (per-channel scale), with on_input telling the axis
+      oft:  blocks [k, b, b] (+ rescale); boft: blocks [m, k, b, b] (+ rescale); alpha = constraint
+      glora: a1, a2, b1, b2 (ΔW depends on W0: adapters_ortho.py)
     bias: optional Δb [out] (diff_b, b_norm, lora up bias).
     dora_scale: optional DoRA magnitude, [out, 1, ...] (row norms) or [1, in, ...] (column norms).
     """
@@ -208,7 +212,14 @@ def patched_weight(w0: torch.Tensor, a: Adapter, strength: float, rows: tuple | 
     """
     if is_plain_lora(a) and rows is None:
         return plain_lora_chain(w0, [(a, strength)], out=out)  # fp32 w0: one addmm
-    if a.kind == "ia3":
+    if a.kind in WEIGHT_KINDS and a.dora_scale is None:
+        if rows is not None:
+            raise ValueError(f"a {a.kind} adapter on a fused q/k/v weight is not supported")
+        if a.extra_scale == 1.0:
+            res = transformed_weight(w0, a.kind, a.tensors, a.alpha, strength)
+        else:  # a file `scale` multiplies the change at full strength
+            res = w0 + strength * a.extra_scale * (transformed_weight(w0, a.kind, a.tensors, a.alpha, 1.0) - w0)
+    elif a.kind == "ia3":
         s = a.tensors["weight"]
         s = s.reshape(1, -1, *[1] * (w0.ndim - 2)) if a.on_input else s.reshape(-1, *[1] * (w0.ndim - 1))
         res = w0 + strength * (w0 * s)
@@ -220,7 +231,8 @@ def patched_weight(w0: torch.Tensor, a: Adapter, strength: float, rows: tuple | 
     else:
         m = a.dora_scale.float()
         row_wise = m.shape[0] == w0.shape[0] and (m.ndim < 2 or m.shape[1] == 1)
-        v = w0 + base_delta(a, w0.shape)
+        v = (transformed_weight(w0, a.kind, a.tensors, a.alpha, 1.0) if a.kind in WEIGHT_KINDS
+             else w0 + base_delta(a, w0.shape))
         norm = dora_norm(v, row_wise)
         res = w0 + strength * (v * (m.reshape(norm.shape) / norm) - w0)
     if out is not None:

@@ -19,15 +19,17 @@ BLOCKS = {
     ("sdxl", 20): ["BASE"] + [f"IN{i:02}" for i in range(9)] + ["MID"] + [f"OUT{i:02}" for i in range(9)],
 }
 
+# SD presets: the LBW extension's defaults (DEF_WEIGHT_PRESET in scripts/lora_block_weight.py),
+# value for value. The extension ships no SDXL presets; ours follow the same block groups.
 PRESETS = {
     "sd": {
         "ALL": "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
         "NONE": "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
-        "INS": "1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
+        "INS": "1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0",
         "IND": "1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0",
         "INALL": "1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0",
         "MIDD": "1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0",
-        "OUTD": "1,0,0,0,0,0,0,1,1,1,1,1,0,0,0,0,0",
+        "OUTD": "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0",
         "OUTS": "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1",
         "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1",
         "ALL0.5": ",".join(["0.5"] * 17),

@@ -1,7 +1,7 @@
 """LoRA file formats: a table of key suffixes plus pure converters.
 
 read_lora(path)  -> RawLora: the file's tensors grouped per layer name into Adapters (kohya
-                    LoRA/LoCon, LyCORIS LoHa/LoKr/full diff/norms/IA3, DoRA, diffusers and
+                    LoRA/LoCon, LyCORIS LoHa/LoKr/OFT/BOFT/GLoRA/full diff/norms/IA3, DoRA, diffusers and
                     PEFT names, A1111 legacy attention processors), plus the keys that fit no
                     adapter and the file's metadata. Cached by (path, size, mtime).
 match(raw, index) -> Matched: {Target: (Adapter, ...)} for one model, plus the unmatched names.
@@ -39,6 +39,8 @@ SUFFIXES = [
     (".lokr_w1_a", "k_w1a"), (".lokr_w1_b", "k_w1b"), (".lokr_w2_a", "k_w2a"), (".lokr_w2_b", "k_w2b"),
     (".lokr_w1", "k_w1"), (".lokr_w2", "k_w2"), (".lokr_t2", "k_t2"),
     (".diff_b", "diff_b"), (".diff", "diff"), (".w_norm", "diff"), (".b_norm", "diff_b"),
+    (".oft_blocks", "oft_blocks"), (".rescale", "rescale"),
+    (".a1.weight", "g_a1"), (".a2.weight", "g_a2"), (".b1.weight", "g_b1"), (".b2.weight", "g_b2"),
     (".on_input", "on_input"), (".dora_scale", "dora"), (".alpha", "alpha"), (".scale", "scale"),
     (".down.weight", "down"), (".up.weight", "up"),
     (".weight", "ia3"),
@@ -87,6 +89,11 @@ def _adapter_from_group(g: dict, default_alpha: float | None) -> Adapter | None:
         return Adapter("lokr", t, **common)
     if "diff" in f or "diff_b" in f:
         return Adapter("diff", {"diff": f["diff"]} if "diff" in f else {}, bias=f.get("diff_b"), **common)
+    if "oft_blocks" in f and f["oft_blocks"].ndim in (3, 4):  # LyCORIS OFT [k, b, b] / BOFT [m, k, b, b]
+        t = {"blocks": f["oft_blocks"], **({"rescale": f["rescale"]} if "rescale" in f else {})}
+        return Adapter("oft" if f["oft_blocks"].ndim == 3 else "boft", t, **common)
+    if all(k in f for k in ("g_a1", "g_a2", "g_b1", "g_b2")):
+        return Adapter("glora", {k[2:]: f[k] for k in ("g_a1", "g_a2", "g_b1", "g_b2")}, **common)
     if "ia3" in f and "on_input" in g:
         return Adapter("ia3", {"weight": f["ia3"]}, on_input=bool(g["on_input"].item()), **common)
     return None

@@ -130,6 +130,10 @@ def _layer_stats(src) -> dict:
             kind = "diff"
         elif "ia3" in roles and "on_input" in roles:
             kind = "ia3"
+        elif "oft_blocks" in roles:
+            kind = "boft" if len(roles["oft_blocks"][1]) == 4 else "oft"
+        elif "g_a1" in roles:
+            kind = "glora"
         else:
             continue
         if "dora" in roles:

@@ -10,7 +10,10 @@ Names covered, for each Linear / Conv2d (and norm) layer:
                               lora_te1_… / lora_te2_… (SDXL)
   text encoders (diffusers)   text_encoder.text_model.encoder…, text_encoder_2.…, and the
                               flattened transformers-5 names text_encoder.encoder.layers…
-  OpenCLIP (SD 2.x, SDXL te2) …transformer.resblocks.N.attn.in_proj (q/k/v rows), .mlp.c_fc, …
+  OpenCLIP (SD 2.x, SDXL te2) …transformer.resblocks.N.attn.in_proj (q/k/v rows), .mlp.c_fc, …,
+                              flat too: lora_te_transformer_resblocks_N_attn_in_proj (SD 2.x)
+  other prefixes              lycoris_<flat diffusers path> (SimpleTuner), base_model.model.<path>
+                              (PEFT PeftModel), see _PREFIX_ALIASES
 Targets are (component, module path) with component "unet", "te1" or "te2" and the path as
 the module is named in our models (canonical HF names with `text_model.` for CLIP).
 """
@@ -105,17 +108,39 @@ class KeyIndex:
                 layer, inner = parts[2], ".".join(parts[3:])
                 if inner in _OPENCLIP_MODS:
                     oc = f"transformer.resblocks.{layer}.{_OPENCLIP_MODS[inner]}"
-                    for n in (ldm_pre + oc, _flat(f"{flat_pre[-1]}{oc}")):
+                    for n in (ldm_pre + oc, *(_flat(p + oc) for p in flat_pre)):
                         self._put(n, t)
                 elif inner in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
                     width = mod.weight.shape[0]
                     i = "qkv".index(inner.split(".")[1][0])
                     oc = f"transformer.resblocks.{layer}.attn.in_proj"
-                    for n in (ldm_pre + oc, _flat(f"{flat_pre[-1]}{oc}")):
+                    for n in (ldm_pre + oc, *(_flat(p + oc) for p in flat_pre)):
                         self._put(n, Target(comp, name, rows=(i * width, (i + 1) * width)))
 
     def lookup(self, name: str) -> list[Target]:
-        return self.names.get(name, [])
+        hit = self.names.get(name)
+        if hit:
+            return hit
+        for prefix, instead in _PREFIX_ALIASES:
+            if name.startswith(prefix):
+                rest = name[len(prefix):]
+                for alt in instead:
+                    hit = self.names.get(alt + rest)
+                    if hit:
+                        return hit
+        return []
+
+
+# Other spellings of the same names: SimpleTuner's LyCORIS files (`lycoris_` + the flat
+# diffusers path, as ComfyUI maps them) and PEFT's PeftModel state dicts (`base_model.model.`,
+# or `unet.base_model.model.` from the old reference script) around diffusers paths.
+_PREFIX_ALIASES = (
+    ("lycoris_", ("lora_unet_",)),
+    ("unet.base_model.model.", ("",)),
+    ("text_encoder.base_model.model.", ("text_encoder.",)),
+    ("text_encoder_2.base_model.model.", ("text_encoder_2.",)),
+    ("base_model.model.", ("", "text_encoder.")),
+)
 
 
 def kohya_name(family: str, index, comp: str, module: str) -> str:

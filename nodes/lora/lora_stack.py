@@ -1,8 +1,15 @@
 """Stacks of LoRAs: the text syntax, name resolution, trigger words, and new handles.
 
 Stack text, one LoRA per line:   name[:unet_strength[:text_strength]]
-                                 <lora:name:weight>  or  <lora:name:te:unet>   (A1111)
+                                 or a prompt tag (below)
                                  # a commented line is off
+Prompt tags, as A1111 reads them (extensions-builtin/Lora, extra_networks.py):
+    <lora:name>  <lora:name:te>  <lora:name:te:unet>  <lora:name:te:unet:dyn>
+    named arguments in any position: te=, unet=, dyn=, and lbw= (the LoRA Block Weight
+    extension's preset or vector, e.g. <lora:name:1:lbw=OUTALL>);  <lyco:...> is the same tag.
+    te defaults to 1, unet to te. dyn (a DyLoRA rank) is read and, as in A1111's own loader,
+    not applied. Names are file names without extension, found anywhere under the loras
+    folders, or a LoRA's ss_output_name (see io/model_names.py).
 LORA_STACK edges (other packs' convention): [(lora_name, model_strength, clip_strength), ...]
 """
 from __future__ import annotations
@@ -14,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.errors import LoraLabError, NodeInputError
-from ..io.paths import LORA_EXTENSIONS, resolve
+from ..io.model_names import find_model_file
+from ..io.paths import LORA_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-# <lora:name:a[:b]> ; A1111: a = text-encoder multiplier, b = UNet multiplier (defaults to a)
-PROMPT_LORA = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::([^:>]*))?>")
+# A1111's extra-network syntax <kind:arg:arg...> for the two kinds that name a LoRA.
+PROMPT_LORA = re.compile(r"<(lora|lyco):([^>]+)>")
+NAMED_ARGS = ("te", "unet", "dyn", "lbw")
 
 
 @dataclass(frozen=True)
@@ -27,13 +36,54 @@ class StackEntry:
     name: str
     strength_unet: float = 1.0
     strength_text: float = 1.0
+    block_weights: str = ""  # an LBW preset or vector for this LoRA only ('' = the node's)
+    dyn: int | None = None  # A1111's dyn argument (read, not applied, as in A1111)
 
 
-def _num(value: str, node: str, line: str) -> float:
+def _num(value: str, node: str, line: str, input_name: str = "loras") -> float:
     try:
         return float(value)
     except ValueError:
-        raise NodeInputError(node, "loras", line, f"{value!r} is not a number") from None
+        raise NodeInputError(node, input_name, line, f"{value!r} is not a number") from None
+
+
+def _split_args(items: list[str]) -> tuple[list[str], dict[str, str]]:
+    """A1111's ExtraNetworkParams: 'key=value' items are named, the others positional."""
+    positional, named = [], {}
+    for item in items:
+        parts = item.split("=", 2)
+        if len(parts) == 2:
+            named[parts[0].strip()] = parts[1].strip()
+        else:
+            positional.append(item.strip())
+    return positional, named
+
+
+def parse_tag(body: str, node: str, tag: str, input_name: str = "loras") -> StackEntry:
+    """The inside of <lora:...> (after 'lora:') -> an entry, with A1111's defaults."""
+    positional, named = _split_args(body.split(":"))
+    unknown = sorted(set(named) - set(NAMED_ARGS))
+    if unknown:
+        raise NodeInputError(node, input_name, tag, f"unknown named argument(s) {unknown}; "
+                             f"expected {', '.join(a + '=' for a in NAMED_ARGS)}")
+    if not positional or not positional[0]:
+        raise NodeInputError(node, input_name, tag, "the tag names no LoRA")
+    if len(positional) > 4:
+        raise NodeInputError(node, input_name, tag, "expected <lora:name[:te[:unet[:dyn]]]>")
+    num = lambda v: _num(v, node, tag, input_name)  # noqa: E731
+    te = num(positional[1]) if len(positional) > 1 and positional[1] else 1.0
+    te = num(named["te"]) if "te" in named else te
+    unet = num(positional[2]) if len(positional) > 2 and positional[2] else te
+    unet = num(named["unet"]) if "unet" in named else unet
+    dyn_text = named.get("dyn", positional[3] if len(positional) > 3 else "")
+    dyn = None
+    if dyn_text:
+        try:
+            dyn = int(dyn_text)
+        except ValueError:
+            raise NodeInputError(node, input_name, tag, f"dyn {dyn_text!r} is not a whole number") from None
+        log.info("%s: %s: dyn=%d is not applied (A1111's LoRA loader ignores it too)", node, tag, dyn)
+    return StackEntry(positional[0], unet, te, named.get("lbw", ""), dyn)
 
 
 def parse_stack_text(text: str, node: str = "LoraLabLoraStack") -> list[StackEntry]:
@@ -45,9 +95,7 @@ def parse_stack_text(text: str, node: str = "LoraLabLoraStack") -> list[StackEnt
             continue
         m = PROMPT_LORA.fullmatch(line)
         if m:
-            te = _num(m.group(2), node, line) if m.group(2) else 1.0
-            unet = _num(m.group(3), node, line) if m.group(3) else te
-            out.append(StackEntry(m.group(1).strip(), unet, te))
+            out.append(parse_tag(m.group(2), node, line))
             continue
         name, *nums = line.split(":")
         if len(nums) > 2:
@@ -58,34 +106,36 @@ def parse_stack_text(text: str, node: str = "LoraLabLoraStack") -> list[StackEnt
     return out
 
 
-def strip_prompt_loras(prompt: str) -> tuple[str, list[StackEntry]]:
-    """Remove <lora:...> tags from a prompt; return the text and the LoRAs (A1111 semantics)."""
-    entries = []
-    for m in PROMPT_LORA.finditer(prompt or ""):
-        te = _num(m.group(2), "LoraLabSampler", m.group(0)) if m.group(2) else 1.0
-        unet = _num(m.group(3), "LoraLabSampler", m.group(0)) if m.group(3) else te
-        entries.append(StackEntry(m.group(1).strip(), unet, te))
+def strip_prompt_loras(prompt: str, node: str = "LoraLabSampler",
+                       input_name: str = "prompt") -> tuple[str, list[StackEntry]]:
+    """Remove <lora:...>/<lyco:...> tags from a prompt; return the text and the LoRAs (A1111 semantics)."""
+    entries = [parse_tag(m.group(2), node, m.group(0), input_name) for m in PROMPT_LORA.finditer(prompt or "")]
     text = PROMPT_LORA.sub("", prompt or "")
     return re.sub(r"[ \t]{2,}", " ", text).strip(), entries
 
 
 def resolve_lora(name: str) -> Path:
-    """A LoRA name, with or without its extension, inside the loras folder."""
+    """A LoRA by path inside the loras folder(s), by file name anywhere under them, or by alias."""
+    return find_model_file("loras", name, LORA_EXTENSIONS, alias_key="ss_output_name")
+
+
+def civitai_trained_words(path: Path) -> list[str]:
+    """`trainedWords` of the Civitai helper's `<stem>.civitai.info` sidecar (its model-version JSON)."""
+    info = path.with_name(path.stem + ".civitai.info")
+    if not info.is_file():
+        return []
     try:
-        return resolve("loras", name)
-    except LoraLabError as first:
-        if Path(name).suffix.lower() not in LORA_EXTENSIONS:
-            for ext in LORA_EXTENSIONS:
-                try:
-                    return resolve("loras", name + ext)
-                except LoraLabError:
-                    continue
-        raise first
+        words = json.loads(info.read_text(encoding="utf-8")).get("trainedWords")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        log.warning("%s: unreadable civitai info", info.name)
+        return []
+    return [str(w).strip() for w in words if str(w).strip()] if isinstance(words, list) else []
 
 
 def trigger_words(path: Path, metadata: dict, top: int = 10) -> str:
     """Trigger words: modelspec.trigger_phrase, an A1111 sidecar .json's "activation text",
-    a sidecar .txt, or the most frequent tags of ss_tag_frequency (kohya)."""
+    a sidecar .txt, civitai's `.civitai.info` trainedWords, or (when none of those) the most
+    frequent tags of ss_tag_frequency (kohya)."""
     words = []
     phrase = metadata.get("modelspec.trigger_phrase")
     if phrase:
@@ -102,6 +152,7 @@ def trigger_words(path: Path, metadata: dict, top: int = 10) -> str:
     side_txt = path.with_suffix(".txt")
     if side_txt.is_file():
         words.append(side_txt.read_text(encoding="utf-8", errors="replace").strip())
+    words += civitai_trained_words(path)
     if not words and metadata.get("ss_tag_frequency"):
         try:
             freq = json.loads(metadata["ss_tag_frequency"])
@@ -151,6 +202,12 @@ def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "l
         raise NodeInputError(node, "block_weights", block_weights, str(e)) from None
     patches, triggers = list(handle.patches), []
     for e in entries:
+        entry_bw = bw
+        if e.block_weights:
+            try:
+                entry_bw = parse_block_weights(e.block_weights, handle.family)
+            except ValueError as err:
+                raise NodeInputError(node, input_name, f"{e.name} lbw={e.block_weights}", str(err)) from None
         try:
             path = resolve_lora(e.name)
             raw = read_lora(path)
@@ -166,7 +223,7 @@ def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "l
         if report.unmatched or raw.unknown_keys:
             log.warning("%s: LoRA %r: %d of %d layers matched; unmatched: %s; unknown keys: %s", node, e.name,
                         len(report.adapters), report.total, list(report.unmatched[:5]), list(raw.unknown_keys[:5]))
-        patches.append(LoraPatch(e.name, raw, e.strength_unet, e.strength_text, bw))
+        patches.append(LoraPatch(e.name, raw, e.strength_unet, e.strength_text, entry_bw))
         tw = trigger_words(path, raw.metadata)
         if tw:
             triggers.append(tw)

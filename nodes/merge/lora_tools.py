@@ -24,6 +24,7 @@ import torch
 
 from ..io.errors import LoraLabError
 from ..lora.adapters import lora_scale
+from ..lora.adapters_ortho import WEIGHT_KINDS
 from .merge import apply_entries
 from .merge_meta import lora_records
 
@@ -161,10 +162,11 @@ def factorable(a) -> bool:
 # ----------------------------------------------------------------------------- merging
 def _stack_delta(st, key: tuple, entries: tuple, wshape: tuple) -> torch.Tensor:
     """ΔW of the whole stack on one weight (fp32); the base weight is read only when needed."""
-    if any(a.dora_scale is not None or a.kind == "ia3" for a, _, _ in entries):
+    if any(a.dora_scale is not None or a.kind in ("ia3", *WEIGHT_KINDS) for a, _, _ in entries):
         param = st.modules[key[:2]].weight
         if param.device.type == "meta":
-            raise LoraLabError(f"{key[1]}: DoRA / IA3 layers need the model's weights; load the checkpoint")
+            raise LoraLabError(f"{key[1]}: DoRA / IA3 / OFT / BOFT / GLoRA layers need the model's weights; "
+                               "load the checkpoint")
         w0 = st.originals.get(key, param.data).detach().float().cpu()
         return apply_entries(w0, entries, "weight") - w0
     return apply_entries(torch.zeros(wshape), entries, "weight")

@@ -39,9 +39,11 @@ log = logging.getLogger(__name__)
 MAX_WORD_LENGTH = 8  # a piece this long may be split across chunks; a shorter one moves whole
 
 
-def tokenize_weighted(tokenizer, text: str, pad_with_end: bool) -> list[list[tuple[int, float]]]:
+def tokenize_weighted(tokenizer, text: str, pad_with_end: bool, lookup=None) -> list[list[tuple[int, float]]]:
     """Chunks of CHUNK_LENGTH (token id, weight) pairs, as ComfyUI's
-    SDTokenizer.tokenize_with_weights builds them.
+    SDTokenizer.tokenize_with_weights builds them. With `lookup` (name -> vectors [n, D] or
+    None, see embeddings.py), an `embedding:name` contributes its n vectors: those places
+    hold a [D] tensor instead of a token id.
 
     Each weighted segment (or embedding-split piece of one) is tokenized at once. A piece
     that does not fit in the current chunk closes it (end token, pad) and starts the next,
@@ -54,7 +56,10 @@ def tokenize_weighted(tokenizer, text: str, pad_with_end: bool) -> list[list[tup
 
     pieces: list[list[tuple[int, float]]] = []
     for segment, weight in parse_weights(text):
-        for word in segment_words(segment):
+        for word in segment_words(segment, lookup):
+            if isinstance(word, torch.Tensor):  # an embedding's vectors [n, D]
+                pieces.append([(row, weight) for row in word])
+                continue
             ids = tokenizer(word)["input_ids"][1:-1]  # drop the start/end the tokenizer adds
             pieces.append([(int(t), weight) for t in ids])
 
@@ -130,13 +135,29 @@ def _final_layer_norm(model) -> torch.nn.Module:
     return getattr(model, "text_model", model).final_layer_norm
 
 
-def _encode_tower(tower: _Tower, text: str, clip_skip: int, min_chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _embedding_hook(model, vectors: dict):
+    """A forward hook on the token embedding that writes embedding vectors at their places
+    ({(chunk, position): [D]}), as ComfyUI's process_tokens splices them in."""
+    def hook(module, args, out):
+        out = out.clone()
+        for (row, col), vec in vectors.items():
+            out[row, col] = vec.to(out.device, out.dtype)
+        return out
+
+    return model.get_input_embeddings().register_forward_hook(hook)
+
+
+def _encode_tower(tower: _Tower, text: str, clip_skip: int, min_chunks: int = 1,
+                  lookup=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(z [1, 77*k, D] float32, pooled [1, P] float32 or None) for one encoder; empty-prompt
-    chunks are appended up to `min_chunks` (CLIPTextEncodeSDXL evens out its two towers so)."""
-    chunks = tokenize_weighted(tower.tokenizer, text, tower.pad_with_end)
+    chunks are appended up to `min_chunks` (CLIPTextEncodeSDXL evens out its two towers so);
+    `lookup` resolves embedding:name (embeddings.py)."""
+    chunks = tokenize_weighted(tower.tokenizer, text, tower.pad_with_end, lookup)
     while len(chunks) < min_chunks:
         chunks += tokenize_weighted(tower.tokenizer, "", tower.pad_with_end)
-    ids = [[t for t, _ in c] for c in chunks]
+    vectors = {(i, j): t for i, c in enumerate(chunks) for j, (t, _) in enumerate(c) if isinstance(t, torch.Tensor)}
+    # an embedding's place holds token 0 ('!', never the end token the pooled output looks for)
+    ids = [[0 if isinstance(t, torch.Tensor) else t for t, _ in c] for c in chunks]
     weights = [[w for _, w in c] for c in chunks]
     has_weights = any(w != 1.0 for row in weights for w in row)
     if has_weights:  # the "empty prompt" reference: start, end, pad... at full length
@@ -147,8 +168,14 @@ def _encode_tower(tower: _Tower, text: str, clip_skip: int, min_chunks: int = 1)
     model = tower.model
     device = next(model.parameters()).device
     n_layers = model.config.num_hidden_layers
+    handle = _embedding_hook(model, vectors) if vectors else None
+    try:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor(ids, dtype=torch.long, device=device), output_hidden_states=True)
+    finally:
+        if handle is not None:
+            handle.remove()
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids, dtype=torch.long, device=device), output_hidden_states=True)
         if clip_skip > n_layers:
             log.warning(
                 "clip_skip %d exceeds the encoder's %d layers; using its last layer output, as ComfyUI does",
@@ -178,24 +205,27 @@ def _skip(handle, clip_skip):
     return max(1, skip - handle.text_layers_dropped)
 
 
-def encode_prompt_sdxl(handle, text_g: str, text_l: str, clip_skip: int | None = None) -> Conditioning:
+def encode_prompt_sdxl(handle, text_g: str, text_l: str, clip_skip: int | None = None,
+                       lookups: list | None = None) -> Conditioning:
     """CLIPTextEncodeSDXL: text_l for CLIP-L, text_g for bigG; the shorter padded with empty chunks."""
     if handle.family != "sdxl":
         raise ValueError(f"separate text_g / text_l need an SDXL model, got {handle.label}")
     skip = _skip(handle, clip_skip)
     t_l, t_g = _towers(handle)
-    n = max(len(tokenize_weighted(t_l.tokenizer, text_l, t_l.pad_with_end)),
-            len(tokenize_weighted(t_g.tokenizer, text_g, t_g.pad_with_end)))
-    z_l, _ = _encode_tower(t_l, text_l, skip, n)
-    z_g, pooled = _encode_tower(t_g, text_g, skip, n)
+    lk_l, lk_g = lookups or (None, None)
+    n = max(len(tokenize_weighted(t_l.tokenizer, text_l, t_l.pad_with_end, lk_l)),
+            len(tokenize_weighted(t_g.tokenizer, text_g, t_g.pad_with_end, lk_g)))
+    z_l, _ = _encode_tower(t_l, text_l, skip, n, lookup=lk_l)
+    z_g, pooled = _encode_tower(t_g, text_g, skip, n, lookup=lk_g)
     cond = torch.cat([z_l, z_g.to(z_l.device)], dim=-1)
     return Conditioning(cond, pooled.to(z_l.device))
 
 
-def encode_prompt(handle, text: str, clip_skip: int | None = None) -> Conditioning:
+def encode_prompt(handle, text: str, clip_skip: int | None = None, lookups: list | None = None) -> Conditioning:
     """Encode `text` with the handle's text encoder(s) the way ComfyUI's CLIPTextEncode does.
 
     clip_skip: 1 = last layer, 2 = penultimate, ...; None = the family's default.
+    lookups: one embedding lookup per encoder (embeddings.lookups_for), or None for none.
     Runs under torch.no_grad() on the encoders' device; returns float32 tensors there.
     """
     if not isinstance(text, str):
@@ -208,7 +238,9 @@ def encode_prompt(handle, text: str, clip_skip: int | None = None) -> Conditioni
     # tower is layer -(k - dropped) of the one we have; skip 1 then means the true last layer,
     # which is gone, and falls back to the last one present.
     skip = max(1, skip - handle.text_layers_dropped)
-    results = [_encode_tower(t, text, skip) for t in _towers(handle)]
+    towers = _towers(handle)
+    lookups = lookups or [None] * len(towers)
+    results = [_encode_tower(t, text, skip, lookup=lk) for t, lk in zip(towers, lookups)]
     if len(results) == 1:
         return Conditioning(results[0][0], None)
     (z_l, _), (z_g, pooled) = results

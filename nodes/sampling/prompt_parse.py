@@ -94,43 +94,50 @@ def parse_weights(text: str) -> list[tuple[str, float]]:
     return [(_unescape(seg), w) for seg, w in _weighted(_escape(text), 1.0)]
 
 
-def segment_words(segment: str) -> list[str]:
+def segment_words(segment: str, lookup=None) -> list:
     """The pieces of one weighted segment that ComfyUI tokenizes one at a time.
 
     ComfyUI tokenizes a whole weighted segment at once, except that " embedding:" /
-    "\\nembedding:" starts a new piece. LoRA Lab has no textual-inversion embeddings, so it
-    does what ComfyUI does for an embedding file it cannot find: the name (up to the next
-    whitespace) is dropped with a warning and the rest of the piece is tokenized. Piece
-    boundaries matter: the chunker keeps a short piece whole across a 77-token boundary.
+    "\\nembedding:" starts a new piece. Such a piece becomes the embedding's vectors (a
+    tensor [n, D], from `lookup(name)`) followed by any text after the name; an embedding
+    that `lookup` does not find (or with no lookup) is dropped with a warning and the rest of
+    the piece is tokenized, as ComfyUI does. Piece boundaries matter: the chunker keeps a
+    short piece whole across a 77-token boundary.
     """
-    parts = re.split(" {0}|\n{0}".format(EMBEDDING_PREFIX), segment)
+    parts = re.split(f" {EMBEDDING_PREFIX}|\n{EMBEDDING_PREFIX}", segment)
     pieces = [parts[0]] + [EMBEDDING_PREFIX + p for p in parts[1:]]
-    words: list[str] = []
+    words: list = []
     for piece in pieces:
         if piece == "":
             continue
         if piece.startswith(EMBEDDING_PREFIX):
-            piece = _drop_missing_embedding(piece[len(EMBEDDING_PREFIX) :].strip("\n"))
+            found, piece = _embedding_piece(piece[len(EMBEDDING_PREFIX) :].strip("\n"), lookup)
+            if found is not None:
+                words.append(found)
             if piece == "":
                 continue
         words.append(piece)
     return words
 
 
-def _drop_missing_embedding(rest: str) -> str:
-    """Text left after an "embedding:NAME" whose file does not exist (ComfyUI's leftover rule).
+def _embedding_piece(rest: str, lookup) -> tuple:
+    """(vectors or None, text left after "embedding:NAME"), ComfyUI's _try_get_embedding.
 
-    NAME is the first whitespace-separated word. If it carries commas (e.g. "NAME,"),
-    ComfyUI also tries the comma-stripped name and keeps the cut-off tail as text, joined
+    NAME is the first whitespace-separated word. If it is not found and carries commas (e.g.
+    "NAME,"), the comma-stripped name is tried and the cut-off tail is kept as text, joined
     to the rest by a space; otherwise the rest is re-joined with single spaces.
     """
     words = rest.split()
     if not words:  # "embedding:" with no name (ComfyUI raises here); nothing to drop
         log.warning("prompt has %r with no embedding name; ignored", EMBEDDING_PREFIX)
-        return ""
+        return None, ""
     name, leftover = words[0], " ".join(words[1:])
-    log.warning("embedding:%s is not supported (no textual-inversion embeddings); ignored", name)
-    stripped = name.strip(",")
-    if len(stripped) < len(name):
-        leftover = "{} {}".format(name[len(stripped) :], leftover)
-    return leftover
+    found = lookup(name) if lookup is not None else None
+    if found is None:
+        stripped = name.strip(",")
+        if len(stripped) < len(name):
+            found = lookup(stripped) if lookup is not None and stripped else None
+            leftover = f"{name[len(stripped) :]} {leftover}"
+    if found is None:
+        log.warning("embedding:%s does not exist in the embeddings folder; ignored (as ComfyUI does)", name)
+    return found, leftover

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..io.errors import NodeInputError
+from ..io.errors import LoraLabError, NodeInputError
 
 NODE = "LoraLabSampler"
 
@@ -82,10 +82,15 @@ def concat_conds(cond: _Cond, uncond: _Cond) -> _Cond | None:
     return _Cond(ctx, added)
 
 
-def _conditioning(handle, text: str, clip_skip: int | None, width: int, height: int, device, dtype) -> _Cond:
+def _conditioning(handle, text: str, clip_skip: int | None, width: int, height: int, device, dtype,
+                  input_name: str = "prompt") -> _Cond:
+    from .embeddings import a1111_to_comfy, lookups_for
     from .prompt import encode_prompt
 
-    c = encode_prompt(handle, text, clip_skip=clip_skip)
+    try:  # embeddings in either syntax: A1111's bare file names become embedding:name
+        c = encode_prompt(handle, a1111_to_comfy(text), clip_skip=clip_skip, lookups=lookups_for(handle))
+    except LoraLabError as e:
+        raise NodeInputError(NODE, input_name, text, str(e)) from None
     added = None
     if handle.family == "sdxl":
         # (original h, w, crop top, crop left, target h, w): the latent's size, as ComfyUI defaults.
@@ -146,7 +151,7 @@ def txt2img_latents(handle, s: SampleSettings, progress=None) -> torch.Tensor:
                              "cannot do plain text-to-image")
     # <lora:name:w> in the prompt applies that LoRA for this sample only (A1111 semantics).
     prompt, prompt_loras = strip_prompt_loras(s.prompt)
-    negative, _ = strip_prompt_loras(s.negative_prompt)
+    negative, _ = strip_prompt_loras(s.negative_prompt, input_name="negative_prompt")
     if prompt_loras:
         handle, _ = add_loras(handle, prompt_loras, NODE, "prompt")
     activate(handle)  # the shared modules now hold base + this handle's LoRAs
@@ -155,7 +160,7 @@ def txt2img_latents(handle, s: SampleSettings, progress=None) -> torch.Tensor:
     dtype = next(handle.unet.parameters()).dtype
     clip_skip = s.clip_skip or None
     cond = _conditioning(handle, prompt, clip_skip, s.width, s.height, device, dtype)
-    uncond = _conditioning(handle, negative, clip_skip, s.width, s.height, device, dtype)
+    uncond = _conditioning(handle, negative, clip_skip, s.width, s.height, device, dtype, "negative_prompt")
 
     shape = (s.batch_size, handle.unet.config.out_channels, s.height // 8, s.width // 8)
     latent = torch.zeros(shape)  # ComfyUI's EmptyLatentImage

@@ -40,7 +40,9 @@ def test_counters_chunks_and_pixels(out):
     params = im.text["parameters"]
     assert params.splitlines()[0] == "a cat"
     assert params.splitlines()[1] == "Negative prompt: blurry"
-    assert "Steps: 4, Sampler: Euler a Karras" in params and "Seed: 7" in params and "Size: 64x64" in params
+    # A1111 >= 1.9: sampler and schedule are two fields (never the old combined "Euler a Karras")
+    assert params.splitlines()[2] == "Steps: 4, Sampler: Euler a, Schedule type: Karras, CFG scale: 5, Seed: 7, " \
+                                     "Size: 64x64, Model: demo"
     expected = (255 * images[0].numpy()).clip(0, 255).astype("uint8")
     assert (torch.from_numpy(__import__("numpy").array(im)) == torch.from_numpy(expected)).all()
 

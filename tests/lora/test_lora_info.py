@@ -66,7 +66,7 @@ def test_describe_sidecars_and_subfolders(loras):
     info = lora_info.lora_info("style/ink.safetensors")
     assert info["rank"] == 2 and info["alpha"] == 1.5  # no alpha tensors: the metadata's value
     assert info["layers"]["text"] == 0
-    assert info["trigger_words"] == "inkstyle, ink drawing"
+    assert info["trigger_words"] == "inkstyle, ink drawing, sumi-e"  # civitai trainedWords join, deduplicated
     side = info["sidecars"]
     assert side["json"] == {"activation text": "inkstyle", "preferred weight": 0.8, "notes": "works best at 0.6-0.9"}
     assert side["txt"] == "ink drawing" and side["trained_words"] == ["inkstyle", "sumi-e"]
