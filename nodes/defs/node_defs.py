@@ -155,7 +155,7 @@ class LoraLabSaveImage:
         return {"ui": {"images": ui}, "result": ()}
 
 
-_STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}
+_STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}  # = io.checks' STRENGTH_MIN/MAX
 _BLOCK_WEIGHTS = ("STRING", {"default": "", "tooltip": "optional per-block multipliers (A1111 LBW): a preset "
                              "such as ALL, INALL, MIDD, OUTALL or 17/26 (SDXL: 12/20) comma-separated numbers"})
 
@@ -182,10 +182,14 @@ class LoraLabLoraLoader:
 
     def load(self, model, lora_name, strength_unet, strength_text, block_weights=""):
         from ..demo.demo_lora import ensure_if_demo
+        from ..io.checks import check_strength
         from ..lora.lora_stack import StackEntry, add_loras
 
+        node = "LoraLabLoraLoader"
+        su = check_strength(strength_unet, node, "strength_unet")
+        st = check_strength(strength_text, node, "strength_text")
         ensure_if_demo(lora_name)
-        entry = StackEntry(lora_name, float(strength_unet), float(strength_text))
+        entry = StackEntry(lora_name, su, st)
         return add_loras(model, [entry], "LoraLabLoraLoader", "lora_name", block_weights)
 
 
@@ -217,7 +221,7 @@ class LoraLabLoraStack:
         for item in lora_stack or []:
             try:
                 name, su, st = item
-                entries.append(StackEntry(str(name), float(su), float(st)))
+                entries.append(StackEntry(str(name), float(su), float(st)))  # range: add_loras
             except (TypeError, ValueError):
                 raise NodeInputError("LoraLabLoraStack", "lora_stack", item,
                                      "expected (lora_name, model_strength, clip_strength)") from None

@@ -26,6 +26,7 @@ CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 LORA_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 VAE_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_NAME = 1024  # characters of a model name (relative path); each part at most 255 bytes (the file systems' limit)
 
 _dirs: contextvars.ContextVar = contextvars.ContextVar("lora_lab_dirs", default=None)
 
@@ -96,6 +97,12 @@ def resolve(kind: str, name: str, must_exist: bool = True) -> Path:
     """Resolve `name` inside the folder(s) of `kind`, refusing anything that leaves them."""
     if not isinstance(name, str) or not name.strip():
         raise ModelPathError(f"empty {kind} name {name!r}")
+    if "\0" in name:
+        raise ModelPathError(f"{kind} name {name!r} contains a NUL byte")
+    if len(name) > MAX_NAME or any(len(part.encode("utf-8", "surrogatepass")) > 255
+                                   for part in name.replace("\\", "/").split("/")):
+        raise ModelPathError(f"{kind} name {name[:60]!r}... is too long ({len(name)} characters; a file "
+                             f"name part may have 255 bytes, a name {MAX_NAME} characters)")
     rel = Path(name.replace("\\", "/"))
     if rel.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         raise ModelPathError(f"{kind} name {name!r} is an absolute path; give a name inside the {kind} folder")
@@ -110,7 +117,11 @@ def resolve(kind: str, name: str, must_exist: bool = True) -> Path:
             raise ModelPathError(
                 f"{kind} name {name!r} resolves to {str(real)!r}, outside the {kind} folder {str(root)!r}"
             )
-        if not must_exist or real.exists():
+        try:
+            found = real.exists()
+        except (OSError, ValueError) as e:
+            raise ModelPathError(f"{kind} name {name!r}: {e.strerror if isinstance(e, OSError) else e}") from None
+        if not must_exist or found:
             return real
         tried.append(str(folder))
     raise ModelPathError(f"{kind} file {name!r} not found in {', '.join(tried) or 'no folder'}")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.checks import check_finite
 from ..io.errors import LoraLabError
 from ..io.safetensors_io import TensorSource
 from ..model.handle import FAMILY_LABELS
@@ -158,6 +159,8 @@ class _Cache:
         self.reads += 1
         src = TensorSource(path)
         sd = {k: src.get(k) for k in src.keys()}
+        for k, t in sd.items():  # a NaN/inf would reach the weights silently (a black image)
+            check_finite(t, path.name, k)
         raw = parse_state_dict(sd, src.metadata, name=path.name)
         self.items[key] = raw
         while len(self.items) > self.capacity:
@@ -173,6 +176,8 @@ def read_lora(path: str | os.PathLike) -> RawLora:
     path = Path(path)
     if not path.exists():
         raise LoraLabError(f"{path}: file not found")
+    if not path.is_file():
+        raise LoraLabError(f"{path}: is a folder, not a LoRA file")
     return LORA_CACHE.get(path)
 
 

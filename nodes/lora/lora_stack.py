@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io.checks import check_strength
 from ..io.errors import LoraLabError, NodeInputError
 from ..io.paths import LORA_EXTENSIONS, resolve
 
@@ -29,14 +30,12 @@ class StackEntry:
     strength_text: float = 1.0
 
 
-def _num(value: str, node: str, line: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise NodeInputError(node, "loras", line, f"{value!r} is not a number") from None
+def _num(value: str, node: str, line: str, input_name: str = "loras") -> float:
+    """A strength of the stack text or a prompt tag: a number within the one strength range."""
+    return check_strength(value.strip(), node, input_name, "strength", shown=line)
 
 
-def parse_stack_text(text: str, node: str = "LoraLabLoraStack") -> list[StackEntry]:
+def parse_stack_text(text: str, node: str = "LoraLabLoraStack", input_name: str = "loras") -> list[StackEntry]:
     """Parse the multiline stack text; order is kept."""
     out = []
     for raw in (text or "").splitlines():
@@ -45,15 +44,15 @@ def parse_stack_text(text: str, node: str = "LoraLabLoraStack") -> list[StackEnt
             continue
         m = PROMPT_LORA.fullmatch(line)
         if m:
-            te = _num(m.group(2), node, line) if m.group(2) else 1.0
-            unet = _num(m.group(3), node, line) if m.group(3) else te
+            te = _num(m.group(2), node, line, input_name) if m.group(2) else 1.0
+            unet = _num(m.group(3), node, line, input_name) if m.group(3) else te
             out.append(StackEntry(m.group(1).strip(), unet, te))
             continue
         name, *nums = line.split(":")
         if len(nums) > 2:
-            raise NodeInputError(node, "loras", line, "expected name[:unet_strength[:text_strength]]")
-        unet = _num(nums[0], node, line) if nums and nums[0].strip() else 1.0
-        text_s = _num(nums[1], node, line) if len(nums) > 1 and nums[1].strip() else unet
+            raise NodeInputError(node, input_name, line, "expected name[:unet_strength[:text_strength]]")
+        unet = _num(nums[0], node, line, input_name) if nums and nums[0].strip() else 1.0
+        text_s = _num(nums[1], node, line, input_name) if len(nums) > 1 and nums[1].strip() else unet
         out.append(StackEntry(name.strip(), unet, text_s))
     return out
 
@@ -62,8 +61,8 @@ def strip_prompt_loras(prompt: str) -> tuple[str, list[StackEntry]]:
     """Remove <lora:...> tags from a prompt; return the text and the LoRAs (A1111 semantics)."""
     entries = []
     for m in PROMPT_LORA.finditer(prompt or ""):
-        te = _num(m.group(2), "LoraLabSampler", m.group(0)) if m.group(2) else 1.0
-        unet = _num(m.group(3), "LoraLabSampler", m.group(0)) if m.group(3) else te
+        te = _num(m.group(2), "LoraLabSampler", m.group(0), "prompt") if m.group(2) else 1.0
+        unet = _num(m.group(3), "LoraLabSampler", m.group(0), "prompt") if m.group(3) else te
         entries.append(StackEntry(m.group(1).strip(), unet, te))
     text = PROMPT_LORA.sub("", prompt or "")
     return re.sub(r"[ \t]{2,}", " ", text).strip(), entries
@@ -150,6 +149,9 @@ def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "l
     except ValueError as e:
         raise NodeInputError(node, "block_weights", block_weights, str(e)) from None
     patches, triggers = list(handle.patches), []
+    for e in entries:  # LORA_STACK edges, sweeps and the Python API come here unchecked
+        for value, which in ((e.strength_unet, "UNet"), (e.strength_text, "text")):
+            check_strength(value, node, input_name, f"LoRA {e.name!r}: {which} strength", shown=e.name)
     for e in entries:
         try:
             path = resolve_lora(e.name)

@@ -1,0 +1,197 @@
+"""Bad inputs a user can type or own: each is refused with a named error (its class, and the
+node or option, the input and the value in the message), through the nodes, the Python API
+and the CLI alike, and no file in the output or models folders changes (hashed before and
+after)."""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lora_factory import kohya
+from lora_lab.nodes.cli import main as cli
+from lora_lab.nodes.defs.node_defs import LoraLabLoraLoader, LoraLabLoraStack
+from lora_lab.nodes.io import paths
+from lora_lab.nodes.io.checks import NonFiniteError, check_fits, check_strength
+from lora_lab.nodes.io.destination import Destination
+from lora_lab.nodes.io.errors import NodeInputError
+from lora_lab.nodes.lora import patcher
+from lora_lab.nodes.lora.lora_stack import parse_stack_text, strip_prompt_loras
+from lora_lab.nodes.merge import merge
+from lora_lab.nodes.model.checkpoint import load_single_file
+from safetensors.torch import save_file
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tree_hash(*roots: Path) -> dict:
+    """{path: sha256} of every file under `roots` (what must not change)."""
+    out = {}
+    for root in roots:
+        if root.exists():
+            for p in sorted(root.rglob("*")):
+                if p.is_file() and not p.is_symlink():
+                    out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def expect(exc, fn, *parts):
+    """Call fn, expect `exc`, and every one of `parts` in its message; returns the error."""
+    with pytest.raises(exc) as info:
+        fn()
+    msg = str(info.value)
+    for part in parts:
+        assert str(part) in msg, f"{part!r} not in {msg!r}"
+    return info.value
+
+
+@pytest.fixture(scope="module")
+def sd1(tiny_checkpoints):
+    return load_single_file(tiny_checkpoints["sd1"])
+
+
+@pytest.fixture()
+def dirs(tmp_path, sd1):
+    """models/ with a good LoRA, a NaN one, an inf one and a huge one; output/ with a file."""
+    models, out = tmp_path / "models", tmp_path / "output"
+    (models / "loras").mkdir(parents=True)
+    out.mkdir()
+    (out / "keep.txt").write_text("existing output")
+    good = kohya(sd1, rank=4, seed=1)
+    save_file(good, models / "loras" / "good.safetensors")
+    key = min(k for k in good if k.endswith("lora_up.weight"))
+    for name, value in (("nan", math.nan), ("inf", math.inf)):
+        bad = dict(good)
+        bad[key] = bad[key].clone()
+        bad[key][0, 0] = value
+        save_file(bad, models / "loras" / f"{name}.safetensors")
+    save_file({k: (v * 300 if v.ndim else v) for k, v in good.items()}, models / "loras" / "huge.safetensors")
+    (models / "loras" / "folder.safetensors").mkdir()
+    with paths.standalone_dirs(models, out):
+        before = tree_hash(models, out)
+        yield models, out, key
+        assert tree_hash(models, out) == before, "a bad input changed or left a file"
+
+
+# --------------------------------------------------------------- non-finite LoRA tensors
+@pytest.mark.parametrize("name,value", [("nan", "nan"), ("inf", "inf")])
+def test_load_lora_refuses_a_non_finite_tensor(sd1, dirs, name, value):
+    _, _, key = dirs
+    err = expect(NodeInputError, lambda: LoraLabLoraLoader().load(sd1, f"{name}.safetensors", 1.0, 1.0),
+                 "LoraLabLoraLoader", "lora_name", f"{name}.safetensors", key, value)
+    assert err.node == "LoraLabLoraLoader" and err.input_name == "lora_name"
+
+
+def test_stack_refuses_a_non_finite_tensor(sd1, dirs):
+    expect(NodeInputError, lambda: LoraLabLoraStack().stack(sd1, "good:0.5\nnan:1"),
+           "LoraLabLoraStack", "'loras'", "nan.safetensors", dirs[2])
+
+
+def test_cli_merge_and_resize_refuse_a_nan_lora(tiny_checkpoints, dirs, capsys):
+    models, out, key = dirs
+    target = out / "m.safetensors"
+    argv = ["merge", str(tiny_checkpoints["sd1"]), "--lora", "nan", "-o", str(target), "--models-dir", str(models),
+            "-q"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "nan.safetensors" in err and key in err and "nan" in err and not target.exists()
+    assert cli.main(["lora", "resize", "nan", "-o", str(out / "r.safetensors"), "--rank", "2",
+                     "--models-dir", str(models), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "nan.safetensors" in err and key in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------- strengths
+@pytest.mark.parametrize("text", ["good:nan", "good:inf", "good:1e6", "good:0.5:-inf", "<lora:good:nan>",
+                                  "<lora:good:1:1e6>", "good:abc"])
+def test_stack_text_strengths_in_one_range(sd1, dirs, text):
+    err = expect(NodeInputError, lambda: LoraLabLoraStack().stack(sd1, text), "LoraLabLoraStack", "'loras'", text)
+    assert err.value == text
+
+
+@pytest.mark.parametrize("unet,textenc,bad_input", [(math.nan, 1.0, "strength_unet"), (1.0, math.inf, "strength_text"),
+                                                    (11.0, 1.0, "strength_unet"), (1.0, -1e6, "strength_text")])
+def test_load_lora_strengths(sd1, dirs, unet, textenc, bad_input):
+    err = expect(NodeInputError, lambda: LoraLabLoraLoader().load(sd1, "good", unet, textenc),
+                 "LoraLabLoraLoader", bad_input)
+    assert err.input_name == bad_input and str(err.value) in str(err)
+
+
+@pytest.mark.parametrize("item", [("good", math.nan, 1.0), ("good", 1.0, 1e6)])
+def test_lora_stack_edge_strengths(sd1, dirs, item):
+    expect(NodeInputError, lambda: LoraLabLoraStack().stack(sd1, "", lora_stack=[item]),
+           "LoraLabLoraStack", "'loras'", "good", str(item[1] if not math.isfinite(item[1]) or item[1] > 10 else item[2]))
+
+
+@pytest.mark.parametrize("prompt", ["a cat <lora:good:inf>", "a cat <lora:good:nan>", "<lora:good:0.5:1e6>"])
+def test_prompt_tag_strengths(prompt):
+    tag = prompt[prompt.index("<"):]
+    expect(NodeInputError, lambda: strip_prompt_loras(prompt), "LoraLabSampler", "'prompt'", tag)
+
+
+def test_the_range_is_the_widgets_range():
+    from lora_lab.nodes.defs.node_defs import _STRENGTH
+    from lora_lab.nodes.io.checks import STRENGTH_MAX, STRENGTH_MIN
+
+    assert (_STRENGTH["min"], _STRENGTH["max"]) == (STRENGTH_MIN, STRENGTH_MAX)
+    assert check_strength("10", "n", "i") == 10.0 and check_strength(-10, "n", "i") == -10.0
+    assert [e.strength_unet for e in parse_stack_text("a:10\nb:-10")] == [10.0, -10.0]
+
+
+@pytest.mark.parametrize("spec", ["good:nan", "good:inf", "good:1e6", "good:1:nan"])
+def test_cli_lora_strengths(tiny_checkpoints, dirs, capsys, spec):
+    models, out, _ = dirs
+    argv = ["merge", str(tiny_checkpoints["sd1"]), "--lora", spec, "-o", str(out / "m.safetensors"),
+            "--models-dir", str(models), "-q"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--lora" in err and spec in err and "strength" in err
+
+
+# -------------------------------------------------------------- overflow of the output dtype
+def test_merge_refuses_a_result_beyond_fp16(tiny_checkpoints, sd1, dirs, capsys):
+    models, out, _ = dirs
+    target = out / "m.safetensors"
+    argv = ["merge", str(tiny_checkpoints["sd1"]), "--lora", "huge:10", "-o", str(target), "--dtype", "fp16",
+            "--models-dir", str(models), "-q"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "float16" in err and "tensor '" in err and "range" in err and "tiny-sd1.safetensors" in err and not target.exists()
+    assert not list(out.glob(".*tmp"))
+    # the same through the Python API; fp32 holds it
+    from lora_lab.nodes.lora.lora_formats import read_lora
+
+    raw = read_lora(models / "loras" / "huge.safetensors")
+    h = sd1.with_patches((patcher.LoraPatch("huge", raw, 10.0, 10.0),))
+    expect(NonFiniteError, lambda: merge.merge_checkpoint(h, Destination(target), "fp16", progress=False),
+           "float16", "tiny-sd1.safetensors")
+    assert not target.exists()
+
+
+def test_check_fits():
+    check_fits(torch.tensor([65504.0]), torch.float16, "f", "t")
+    expect(NonFiniteError, lambda: check_fits(torch.tensor([1.0, 7e4]), torch.float16, "f.safetensors", "w"),
+           "f.safetensors", "'w'", "7e+04", "float16")
+    expect(NonFiniteError, lambda: check_fits(torch.tensor([1.0, math.nan]), torch.float32, "f", "w"), "nan", "'w'")
+
+
+# ------------------------------------------------------------------------- names and paths
+def test_a_folder_named_like_a_lora(sd1, dirs):
+    expect(NodeInputError, lambda: LoraLabLoraLoader().load(sd1, "folder.safetensors", 1.0, 1.0),
+           "LoraLabLoraLoader", "lora_name", "folder.safetensors", "folder")
+
+
+@pytest.mark.parametrize("name", ["bad\0name", "x" * 300, "a/" + "y" * 300 + ".safetensors"])
+def test_nul_bytes_and_long_names(sd1, dirs, capsys, tiny_checkpoints, name):
+    shown = repr(name)[1:40]
+    expect(NodeInputError, lambda: LoraLabLoraLoader().load(sd1, name, 1.0, 1.0), "LoraLabLoraLoader", "lora_name",
+           shown)
+    expect(NodeInputError, lambda: LoraLabLoraStack().stack(sd1, name + ":0.5"), "LoraLabLoraStack", "loras", shown)
+    models, out, _ = dirs
+    argv = ["merge", str(tiny_checkpoints["sd1"]), "--lora", name, "-o", str(out / "m.safetensors"),
+            "--models-dir", str(models), "-q"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "loras name" in err and ("NUL" in err or "too long" in err)
