@@ -127,6 +127,19 @@ def resolve(kind: str, name: str, must_exist: bool = True) -> Path:
     raise ModelPathError(f"{kind} file {name!r} not found in {', '.join(tried) or 'no folder'}")
 
 
+def confined(kind: str, path: str | os.PathLike) -> Path | None:
+    """`path` resolved, when it is a file inside one of the folders of `kind` (following every
+    link); None otherwise. For files read next to a model (sidecars): a link out of the
+    folder would let anyone who can drop a link read any file through the info route."""
+    try:
+        real = Path(path).resolve()
+        if not real.is_file():
+            return None
+    except (OSError, ValueError):
+        return None
+    return real if any(_inside(real, folder.resolve()) for folder in folders(kind)) else None
+
+
 def list_names(kind: str, extensions: tuple = CHECKPOINT_EXTENSIONS) -> list[str]:
     """Names (relative, '/'-separated) of the files of `kind` with one of `extensions`."""
     names = set()

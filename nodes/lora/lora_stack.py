@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..io.checks import check_strength
 from ..io.errors import LoraLabError, NodeInputError
-from ..io.paths import LORA_EXTENSIONS, resolve
+from ..io.paths import LORA_EXTENSIONS, confined, resolve
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def trigger_words(path: Path, metadata: dict, top: int = 10) -> str:
     phrase = metadata.get("modelspec.trigger_phrase")
     if phrase:
         words.append(phrase.strip())
-    side_json = path.with_suffix(".json")
-    if side_json.is_file():
+    side_json = confined("loras", path.with_suffix(".json"))  # None: absent, or a link out of the folder
+    if side_json is not None:
         try:
             act = json.loads(side_json.read_text(encoding="utf-8")).get("activation text", "")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
@@ -98,9 +98,9 @@ def trigger_words(path: Path, metadata: dict, top: int = 10) -> str:
             log.warning("%s: unreadable sidecar json", side_json.name)
         if act:
             words.append(act.strip())
-    side_txt = path.with_suffix(".txt")
-    if side_txt.is_file():
-        words.append(side_txt.read_text(encoding="utf-8", errors="replace").strip())
+    side_txt = confined("loras", path.with_suffix(".txt"))
+    if side_txt is not None:
+        words.append(side_txt.read_text(encoding="utf-8", errors="replace").strip()[:4000])
     if not words and metadata.get("ss_tag_frequency"):
         try:
             freq = json.loads(metadata["ss_tag_frequency"])
