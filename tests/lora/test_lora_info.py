@@ -13,12 +13,13 @@ import pytest
 import torch
 from conftest import make_handle
 from lora_factory import kohya
-from lora_lab.nodes.defs import server_routes
-from lora_lab.nodes.demo import demo_lora
-from lora_lab.nodes.io import paths
-from lora_lab.nodes.lora import lora_info
-from lora_lab.nodes.lora.lora_formats import read_lora
 from safetensors.torch import load_file, save_file
+
+from lora_lab.nodes.demo import demo_lora
+from lora_lab.nodes.lora import lora_info
+from lora_lab.nodes.io import paths
+from lora_lab.nodes.defs import server_routes
+from lora_lab.nodes.lora.lora_formats import read_lora
 
 
 @pytest.fixture(scope="module")
