@@ -9,10 +9,10 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import NodeInputError
+from .temp_files import apply_umask, new_temp
 
 
 def split_prefix(prefix: str, root: Path, node: str, input_name: str = "filename_prefix") -> tuple[Path, str]:
@@ -69,12 +69,7 @@ class Destination:
         parent = self.target.parent if self.target is not None else self.folder
         parent.mkdir(parents=True, exist_ok=True)
         name = self.target.name if self.target is not None else self.stem
-        if is_dir:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
-        else:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
-            os.close(fd)
-            tmp = Path(tmp_name)
+        tmp = new_temp(parent, name, is_dir)  # also removes stale temp files of killed writes here
         try:
             yield tmp
             self.path = self._commit(tmp, ext, is_dir)
@@ -86,6 +81,7 @@ class Destination:
                     tmp.unlink()
 
     def _commit(self, tmp: Path, ext: str, is_dir: bool) -> Path:
+        apply_umask(tmp, is_dir)
         if not is_dir:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -99,8 +95,8 @@ class Destination:
             if self.target.exists():
                 if not self.overwrite:
                     raise FileExistsError(f"{self.target} exists; refusing to overwrite it")
-                old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".old", dir=self.target.parent))
-                old.rmdir()  # a fresh unused name for the folder being replaced
+                old = new_temp(self.target.parent, self.target.name + ".old", is_dir=True)
+                old.rmdir()  # a fresh unused name for the folder being replaced (stale if we are killed)
                 os.rename(self.target, old)
                 os.rename(tmp, self.target)
                 shutil.rmtree(old, ignore_errors=True)

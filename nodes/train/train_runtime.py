@@ -17,7 +17,6 @@ import importlib.util
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -178,10 +177,11 @@ def available_optimizers() -> list[str]:
 def save_state(folder: Path, network, optimizer, step: int, losses: list, cfg) -> Path:
     """Write the state folder atomically: a temp folder beside it, then renamed over it."""
     from ..io.safetensors_write import save_safetensors
+    from ..io.temp_files import new_temp
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = new_temp(folder.parent, folder.name, is_dir=True)
     try:
         save_safetensors(network.trainable_state(), tmp / "lora_state.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
