@@ -238,6 +238,9 @@ def _run_one(rec: RunRecord, wf, assignments: list, executor, validate_only: boo
     except RunInterrupted as e:
         _copy_result(rec, e.result)
         raise
+    except RecursionError:  # one graph never stops the others' results
+        rec.status, rec.error = "failed", "graph nested too deeply to run"
+        return
     _copy_result(rec, res)
 
 
@@ -284,6 +287,8 @@ def cmd_run(args, registry: dict | None = None, out=None, err=None) -> int:
                         loaded[path] = load_workflow(path, registry, display_names)
                     except (LoraLabError, OSError) as e:
                         loaded[path] = e
+                    except RecursionError:  # one file never stops the others' results
+                        loaded[path] = LoraLabError(f"{path}: graph nested too deeply to read")
                 wf = loaded[path]
                 if isinstance(wf, Exception):
                     rec.status, rec.error = "failed", str(wf)

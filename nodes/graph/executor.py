@@ -239,8 +239,24 @@ class Executor:
                 bar.update(1)
 
     def _signature(self, node_id, prompt, registry, memo, extra_pnginfo) -> str | None:
-        if node_id in memo:
-            return memo[node_id]
+        """The node's cache key; its inputs' keys first, with a stack (chains of any length;
+        the validated graph has no cycles)."""
+        pending = [node_id]
+        while pending:
+            nid = pending[-1]
+            if nid in memo:
+                pending.pop()
+                continue
+            todo = [str(v[0]) for v in prompt[nid]["inputs"].values() if is_link(v) and str(v[0]) not in memo]
+            if todo:
+                pending.extend(todo)
+                continue
+            memo[nid] = self._own_signature(nid, prompt, registry, memo, extra_pnginfo)
+            pending.pop()
+        return memo[node_id]
+
+    def _own_signature(self, node_id, prompt, registry, memo, extra_pnginfo) -> str:
+        """The cache key of a node whose inputs' keys are in `memo`."""
         node = prompt[node_id]
         cls = registry[node["class_type"]]
         types = cls.INPUT_TYPES()
@@ -250,8 +266,7 @@ class Executor:
         for name in sorted(node["inputs"]):
             value = node["inputs"][name]
             if is_link(value):
-                parts.append([name, "link", self._signature(str(value[0]), prompt, registry, memo, extra_pnginfo),
-                              value[1]])
+                parts.append([name, "link", memo[str(value[0])], value[1]])
             else:
                 parts.append([name, "value", _canonical(value)])
         sig = hashlib.sha256(_canonical(parts).encode()).hexdigest()
