@@ -195,3 +195,98 @@ def test_nul_bytes_and_long_names(sd1, dirs, capsys, tiny_checkpoints, name):
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "loras name" in err and ("NUL" in err or "too long" in err)
+
+
+# ------------------------------------------------------------------------- unclear errors
+def test_checkpoint_missing_a_unet_tensor(tiny_checkpoints, tmp_path):
+    from safetensors.torch import load_file as load_sd
+
+    from lora_lab.nodes.defs.node_defs import LoraLabCheckpointLoader
+
+    sd = load_sd(tiny_checkpoints["sd1"])
+    key = min(k for k in sd if k.startswith("model.diffusion_model.") and "attn2.to_k" in k)
+    del sd[key]
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    save_file(sd, models / "checkpoints" / "holey.safetensors")
+    with paths.standalone_dirs(models, tmp_path / "out"):
+        expect(NodeInputError, lambda: LoraLabCheckpointLoader().load("holey.safetensors"),
+               "LoraLabCheckpointLoader", "ckpt_name", "holey.safetensors", key, "missing")
+
+
+def test_legacy_torch_save_ckpt_goes_through_the_safe_unpickler(tiny_checkpoints, tmp_path):
+    from safetensors.torch import load_file as load_sd
+
+    from lora_lab.nodes.model.checkpoint import load_checkpoint
+
+    sd = load_sd(tiny_checkpoints["sd1"])
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": sd}, legacy, _use_new_zipfile_serialization=False)
+    h = load_checkpoint(legacy)
+    ref = load_single_file(tiny_checkpoints["sd1"])
+    assert all(torch.equal(a, b) for a, b in zip(h.unet.state_dict().values(), ref.unet.state_dict().values()))
+    # a legacy pickle with code in it is still refused
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"state_dict": {"x": Evil()}}, tmp_path / "evil.ckpt", _use_new_zipfile_serialization=False)
+    from lora_lab.nodes.io.errors import CheckpointError
+
+    expect(CheckpointError, lambda: load_checkpoint(tmp_path / "evil.ckpt"), "evil.ckpt", "refused")
+    assert not marker.exists()
+
+
+def test_wrong_shape_loha_is_refused_at_load_lora(sd1, dirs):
+    models, _, _ = dirs
+    idx_name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_q"
+    g = torch.Generator().manual_seed(0)
+    loha = {f"{idx_name}.hada_w1_a": torch.randn(32, 2, generator=g), f"{idx_name}.hada_w1_b": torch.randn(2, 32, generator=g),
+            f"{idx_name}.hada_w2_a": torch.randn(32, 2, generator=g), f"{idx_name}.hada_w2_b": torch.randn(2, 32, generator=g),
+            f"{idx_name}.alpha": torch.tensor(1.0)}
+    loha = {k: (v[:16] if k.endswith(("w1_a", "w2_a")) else v) for k, v in loha.items()}  # 16 rows, layer has 32
+    save_file(loha, models / "loras" / "loha_bad.safetensors")
+    expect(NodeInputError, lambda: LoraLabLoraLoader().load(sd1, "loha_bad.safetensors", 1.0, 1.0),
+           "LoraLabLoraLoader", "lora_name", "loha_bad.safetensors", idx_name, "loha of 16 rows")
+    (models / "loras" / "loha_bad.safetensors").unlink()  # the folder hash check covers the rest
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+def test_lone_surrogate_in_a_prompt(sd1, field):
+    from lora_lab.nodes.defs.node_defs import LoraLabSampler
+
+    kw = {"prompt": "a cat", "negative_prompt": ""}
+    kw[field] = "a \ud800 cat"
+    err = expect(NodeInputError, lambda: LoraLabSampler().sample(sd1, kw["prompt"], kw["negative_prompt"], 0, 1, 1.0,
+                                                                   "euler", "normal", 64, 64, 1),
+                 "LoraLabSampler", f"'{field}'", "U+D800")
+    assert err.input_name == field
+
+
+def test_a_full_disk_names_the_path(tiny_checkpoints, sd1, dirs, monkeypatch, capsys):
+    import errno
+
+    from lora_lab.nodes.io.errors import OutputWriteError
+
+    models, out, _ = dirs
+
+    def full(path, items, meta, **kw):
+        with open(path, "wb") as f:
+            f.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(merge, "write_stream", full)
+    target = out / "m.safetensors"
+    argv = ["merge", str(tiny_checkpoints["sd1"]), "--lora", "good", "-o", str(target), "--models-dir", str(models),
+            "-q"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(target) in err and "No space left on device" in err and not target.exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    with pytest.raises(OutputWriteError) as info:
+        merge.merge_checkpoint(sd1, Destination(target), progress=False)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC and str(target) in str(info.value)

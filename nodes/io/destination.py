@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from .errors import NodeInputError
-from .temp_files import apply_umask, new_temp
+from .temp_files import WRITE_ERRNOS, apply_umask, new_temp, write_failed
 
 
 def split_prefix(prefix: str, root: Path, node: str, input_name: str = "filename_prefix") -> tuple[Path, str]:
@@ -73,6 +73,10 @@ class Destination:
         try:
             yield tmp
             self.path = self._commit(tmp, ext, is_dir)
+        except OSError as e:
+            if isinstance(e, FileExistsError) or e.errno not in WRITE_ERRNOS:
+                raise
+            raise write_failed(self.target or self.folder / self.stem, e) from e
         finally:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from .safetensors_stream import state_dict_items, write_stream
-from .temp_files import apply_umask, new_temp
+from .temp_files import WRITE_ERRNOS, apply_umask, new_temp, write_failed
 
 
 @contextlib.contextmanager
@@ -34,9 +34,11 @@ def atomic_write(target: str | os.PathLike, overwrite: bool = False):
             # link() fails if the target appeared meanwhile: never clobber a file we did not check
             os.link(tmp, target)
             os.unlink(tmp)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS and not isinstance(e, FileExistsError):
+            raise write_failed(target, e) from e
         raise
 
 

@@ -10,6 +10,7 @@ other programs are never touched (the suffix and the name pattern are ours alone
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".lora-lab-tmp"
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})  # disk/quota/media
 STALE_AFTER_S = 24 * 3600  # a temp file untouched this long has no live writer (a merge writes steadily)
 _NAME = re.compile(r"^\..*\.([0-9a-f]{8})-(\d+)\.[^.]+" + re.escape(TEMP_SUFFIX) + "$")
 _umask_lock = threading.Lock()
@@ -116,3 +118,10 @@ def apply_umask(path: Path, is_dir: bool = False) -> None:
     the umask (whatever wrote into it: safetensors' own writer, say, makes 0600 files)."""
     with contextlib.suppress(OSError):
         os.chmod(path, (0o777 if is_dir else 0o666) & ~current_umask())
+
+
+def write_failed(target, e: OSError):
+    """The OutputWriteError for an OSError `e` raised while writing towards `target`."""
+    from .errors import OutputWriteError
+
+    return OutputWriteError(e.errno, f"{target}: cannot write it ({e.strerror or e}); nothing was written there")
