@@ -290,3 +290,56 @@ def test_a_full_disk_names_the_path(tiny_checkpoints, sd1, dirs, monkeypatch, ca
     with pytest.raises(OutputWriteError) as info:
         merge.merge_checkpoint(sd1, Destination(target), progress=False)
     assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC and str(target) in str(info.value)
+
+
+# ------------------------------------------------------------------- partial-match warnings
+class _Sink:
+    """An output node taking a model (the runner needs an output)."""
+
+    RETURN_TYPES = ()
+    FUNCTION = "take"
+    OUTPUT_NODE = True
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("LORA_LAB_MODEL",)}}
+
+    def take(self, model):
+        return {"ui": {}}
+
+
+def test_partial_match_warning_on_the_node_and_per_graph(tiny_checkpoints, sd1, dirs):
+    from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS
+    from lora_lab.nodes.graph.executor import Executor
+    from lora_lab.nodes.io.notices import UI_KEY
+
+    models, _, _ = dirs
+    sd = kohya(sd1, rank=2, seed=4)
+    down = min(k for k in sd if k.endswith("lora_down.weight"))
+    sd["lora_unet_no_such_block_attn1_to_q.lora_down.weight"] = sd[down].clone()
+    sd["lora_unet_no_such_block_attn1_to_q.lora_up.weight"] = sd[down.replace("down", "up")].clone()
+    save_file(sd, models / "loras" / "partial.safetensors")
+    (models / "checkpoints").mkdir()
+    (models / "checkpoints" / "tiny.safetensors").write_bytes(Path(tiny_checkpoints["sd1"]).read_bytes())
+    try:
+        out = LoraLabLoraLoader().load(sd1, "partial.safetensors", 1.0, 1.0)
+        assert isinstance(out, dict) and len(out["result"]) == 2
+        (note,) = out["ui"][UI_KEY]
+        assert "partial.safetensors" in note and "layers matched" in note and "no_such_block" in note
+        assert isinstance(LoraLabLoraLoader().load(sd1, "good.safetensors", 1.0, 1.0), tuple)  # no warning: plain
+
+        reg = {**NODE_CLASS_MAPPINGS, "Sink": _Sink}
+        graph = {"1": {"class_type": "LoraLabCheckpointLoader", "inputs": {"ckpt_name": "tiny.safetensors"}},
+                 "2": {"class_type": "LoraLabLoraLoader", "inputs": {"model": ["1", 0], "lora_name": "partial.safetensors",
+                                                                      "strength_unet": 1.0, "strength_text": 1.0}},
+                 "3": {"class_type": "Sink", "inputs": {"model": ["2", 0]}}}
+        ex = Executor(reg, quiet=True)
+        first, second = ex.run(graph, name="a"), ex.run(graph, name="b")
+        assert first.ok and second.ok and "2" in second.cached  # the second run reuses the output ...
+        for res in (first, second):  # ... and still reports the warning
+            assert [(w["node"], "layers matched" in w["message"]) for w in res.warnings] == [("2", True)]
+    finally:
+        (models / "loras" / "partial.safetensors").unlink()
+        (models / "checkpoints" / "tiny.safetensors").unlink()
+        (models / "checkpoints").rmdir()

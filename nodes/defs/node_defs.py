@@ -182,6 +182,7 @@ class LoraLabLoraLoader:
 
     def load(self, model, lora_name, strength_unet, strength_text, block_weights=""):
         from ..demo.demo_lora import ensure_if_demo
+        from ..io import notices
         from ..io.checks import check_strength
         from ..lora.lora_stack import StackEntry, add_loras
 
@@ -190,7 +191,9 @@ class LoraLabLoraLoader:
         st = check_strength(strength_text, node, "strength_text")
         ensure_if_demo(lora_name)
         entry = StackEntry(lora_name, su, st)
-        return add_loras(model, [entry], "LoraLabLoraLoader", "lora_name", block_weights)
+        with notices.collect() as notes:  # a partial match is shown on the node, not only logged
+            result = add_loras(model, [entry], node, "lora_name", block_weights)
+        return notices.with_ui(result, notes)
 
 
 class LoraLabLoraStack:
@@ -214,6 +217,7 @@ class LoraLabLoraStack:
 
     def stack(self, model, loras, lora_stack=None, block_weights=""):
         from ..demo.demo_lora import ensure_named
+        from ..io import notices
         from ..io.errors import NodeInputError
         from ..lora.lora_stack import StackEntry, add_loras, parse_stack_text
 
@@ -227,9 +231,10 @@ class LoraLabLoraStack:
                                      "expected (lora_name, model_strength, clip_strength)") from None
         entries += parse_stack_text(loras)
         ensure_named(e.name for e in entries)
-        new, words = add_loras(model, entries, "LoraLabLoraStack", "loras", block_weights)
+        with notices.collect() as notes:
+            new, words = add_loras(model, entries, "LoraLabLoraStack", "loras", block_weights)
         out_stack = [(e.name, e.strength_unet, e.strength_text) for e in entries]
-        return (new, out_stack, words)
+        return notices.with_ui((new, out_stack, words), notes)
 
 
 NODE_CLASS_MAPPINGS = {

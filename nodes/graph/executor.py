@@ -37,6 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from ..io import notices
 from ..io.errors import InterruptedByUser, LoraLabError
 from .graph_validate import (
     GraphValidationError,
@@ -95,6 +96,7 @@ class RunResult:
     cached: list = field(default_factory=list)
     ui: dict = field(default_factory=dict)  # output node id -> merged ui dict
     label: str | None = None
+    warnings: list = field(default_factory=list)  # {"node", "title", "message"} (io.notices), also of cached nodes
 
     @property
     def ok(self) -> bool:
@@ -169,6 +171,7 @@ class Executor:
         self.registry = registry  # class type -> node class, handed in by the caller
         self.cache = cache if cache is not None else OutputCache(keep_runs)
         self.quiet = quiet
+        self._notes: dict[str, tuple] = {}  # signature -> warnings its node gave when it ran
 
     # -- public -------------------------------------------------------------------------------
     def validate(self, prompt: dict) -> ValidatedGraph:
@@ -223,10 +226,16 @@ class Executor:
                     if cached is not None:
                         outputs[node_id] = cached
                         result.cached.append(node_id)
+                        result.warnings += [{"node": node_id, "title": title, "message": m}
+                                            for m in self._notes.get(sig, ())]
                         bar.update(1)
                         continue
                 t0 = time.perf_counter()
-                out, ui = self._run_node(node_id, node, cls, title, prompt, outputs, extra_pnginfo)
+                with notices.collect() as notes:
+                    out, ui = self._run_node(node_id, node, cls, title, prompt, outputs, extra_pnginfo)
+                result.warnings += [{"node": node_id, "title": title, "message": m} for m in notes]
+                if notes and sig is not None:
+                    self._notes[sig] = tuple(notes)  # a cached output still carries its warnings
                 result.timings[node_id] = time.perf_counter() - t0
                 result.executed.append(node_id)
                 outputs[node_id] = out

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import notices
 from ..io.checks import check_strength
 from ..io.errors import LoraLabError, NodeInputError
 from ..io.paths import LORA_EXTENSIONS, confined, resolve
@@ -166,8 +167,8 @@ def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "l
                                  f"no layer of this {handle.label} model matches the file "
                                  f"({report.total} layers, e.g. {list(report.unmatched[:3])})")
         if report.unmatched or raw.unknown_keys:
-            log.warning("%s: LoRA %r: %d of %d layers matched; unmatched: %s; unknown keys: %s", node, e.name,
-                        len(report.adapters), report.total, list(report.unmatched[:5]), list(raw.unknown_keys[:5]))
+            notices.warn(log, f"{node}: LoRA {e.name!r}: {len(report.adapters)} of {report.total} layers matched; "
+                              f"unmatched: {list(report.unmatched[:5])}; unknown keys: {list(raw.unknown_keys[:5])}")
         patches.append(LoraPatch(e.name, raw, e.strength_unet, e.strength_text, bw))
         tw = trigger_words(path, raw.metadata)
         if tw:
