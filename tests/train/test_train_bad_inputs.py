@@ -178,3 +178,14 @@ def test_train_help_has_text_and_default_for_every_option(capsys):
     assert helps["--enable-bucket"].endswith("(default: --enable-bucket)")
     assert helps["--overwrite"].endswith("(default: --no-overwrite)")
     p.format_help()  # every help text formats
+
+
+def test_loss_chart_average_is_not_the_last_loss():
+    from lora_lab.nodes.train.train_export import loss_curve_image, moving_average
+
+    k, avg = moving_average([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert k == 6 and avg[-1] == pytest.approx(3.5) and avg[0] == 1.0
+    k, avg = moving_average([float(i % 2) for i in range(400)])
+    assert k == 20 and avg[-1] == pytest.approx(0.5)
+    img = loss_curve_image([0.5, float("nan"), float("inf"), 0.25])  # a diverged step draws nothing odd
+    assert img.shape == (1, 256, 512, 3) and torch.isfinite(img).all()
