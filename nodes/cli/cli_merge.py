@@ -90,6 +90,10 @@ def _resolve(name: str, kind: str) -> Path:
     except (OSError, ValueError):  # a NUL byte, a name too long: resolve() below names it
         pass
     if kind != "loras":
+        from ..demo.demo import DEMO_NAME, ensure_demo_checkpoint
+
+        if name == DEMO_NAME:  # the README's merge example works on a fresh machine
+            return ensure_demo_checkpoint()
         return resolve(kind, name)
     ensure_if_demo(name)
     return resolve_lora(name)
