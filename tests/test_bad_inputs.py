@@ -197,6 +197,14 @@ def test_nul_bytes_and_long_names(sd1, dirs, capsys, tiny_checkpoints, name):
     assert "loras name" in err and ("NUL" in err or "too long" in err)
 
 
+@pytest.mark.parametrize("name", ["bad\0name.safetensors", "c" * 300 + ".safetensors"])
+def test_checkpoint_names_through_the_python_api(dirs, name):
+    from lora_lab.nodes.defs.node_defs import LoraLabCheckpointLoader
+
+    expect(NodeInputError, lambda: LoraLabCheckpointLoader().load(name), "LoraLabCheckpointLoader", "ckpt_name",
+           repr(name)[1:40])
+
+
 # ------------------------------------------------------------------------- unclear errors
 def test_checkpoint_missing_a_unet_tensor(tiny_checkpoints, tmp_path):
     from safetensors.torch import load_file as load_sd
