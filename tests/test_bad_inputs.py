@@ -351,3 +351,29 @@ def test_partial_match_warning_on_the_node_and_per_graph(tiny_checkpoints, sd1, 
         (models / "loras" / "partial.safetensors").unlink()
         (models / "checkpoints" / "tiny.safetensors").unlink()
         (models / "checkpoints").rmdir()
+
+
+@pytest.mark.parametrize("prefix", ["out\0put", "d/" + "p" * 300])
+def test_output_prefixes_the_file_system_refuses(dirs, prefix):
+    from lora_lab.nodes.defs.node_defs import LoraLabSaveImage
+    from lora_lab.nodes.defs.nodes_merge import LoraLabMergeToCheckpoint
+
+    expect(NodeInputError, lambda: LoraLabSaveImage().save(torch.zeros(1, 8, 8, 3), prefix), "LoraLabSaveImage",
+           "filename_prefix", repr(prefix)[1:30])
+    expect(NodeInputError, lambda: LoraLabMergeToCheckpoint().merge(None, prefix, "same", "single-file"),
+           "LoraLabMergeToCheckpoint", "filename_prefix", repr(prefix)[1:30])
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["run", "G", "--output-dir", "o\0x"], "--output-dir"), (["run", "G", "--models-dir", "m" * 5000], "--models-dir"),
+    (["run", "x" * 300 + ".json"], "File name too long"), (["merge", "CKPT", "-o", "o\0.safetensors"], "output path"),
+])
+def test_cli_paths_the_file_system_refuses(tiny_checkpoints, tmp_path, capsys, argv, named):
+    from lora_lab.nodes.cli.main import main
+
+    g = tmp_path / "g.json"
+    g.write_text("{}")
+    argv = [{"G": str(g), "CKPT": str(tiny_checkpoints["sd1"])}.get(a, a) for a in argv]
+    assert main([*argv, "--quiet"] if argv[0] == "run" else argv) in (1, 2)
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err

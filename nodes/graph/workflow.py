@@ -142,7 +142,11 @@ def collect_graph_files(paths) -> list[Path]:
     out = []
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except (OSError, ValueError):  # a name too long, a NUL byte: loading it names the error
+            is_dir = False
+        if is_dir:
             out.extend(sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in GRAPH_SUFFIXES))
         else:
             out.append(p)

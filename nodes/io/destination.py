@@ -11,13 +11,18 @@ import re
 import shutil
 from pathlib import Path
 
-from .errors import NodeInputError
+from .errors import LoraLabError, NodeInputError
+from .paths import check_path_text
 from .temp_files import WRITE_ERRNOS, apply_umask, new_temp, write_failed
 
 
 def split_prefix(prefix: str, root: Path, node: str, input_name: str = "filename_prefix") -> tuple[Path, str]:
     """'sub/dir/name' -> (root/sub/dir, 'name'), refusing anything that leaves `root`."""
     text = (prefix or "").replace("\\", "/").strip()
+    try:
+        check_path_text(text, "the prefix")
+    except LoraLabError as e:
+        raise NodeInputError(node, input_name, prefix, str(e)) from None
     parts = text.split("/")
     if not text or text.endswith("/") or parts[-1] in (".", ".."):
         raise NodeInputError(node, input_name, prefix, "needs a file name part")
@@ -50,6 +55,9 @@ class Destination:
                  stem: str | None = None, overwrite: bool = False):
         if (path is None) == (folder is None or stem is None):
             raise ValueError("give either path, or folder and stem")
+        for value, what in ((path, "output path"), (folder, "output folder"), (stem, "output name")):
+            if value is not None:
+                check_path_text(value, what)
         self.target = Path(path) if path is not None else None
         self.folder, self.stem, self.overwrite = (Path(folder) if folder else None), stem, overwrite
         self.path: Path | None = None  # set once committed

@@ -93,6 +93,18 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
+def check_path_text(path, what: str) -> None:
+    """Refuse a path no file system takes (a NUL byte, a part over 255 bytes), naming `what`
+    (an option, an input) and the value, before anything is opened or created."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+    if not isinstance(text, str):
+        raise ModelPathError(f"{what} {path!r}: expected a path")
+    if "\0" in text:
+        raise ModelPathError(f"{what} {text!r} contains a NUL byte")
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in text.replace("\\", "/").split("/")):
+        raise ModelPathError(f"{what} {text[:60]!r}... has a name part over 255 bytes ({len(text)} characters)")
+
+
 def resolve(kind: str, name: str, must_exist: bool = True) -> Path:
     """Resolve `name` inside the folder(s) of `kind`, refusing anything that leaves them."""
     if not isinstance(name, str) or not name.strip():
