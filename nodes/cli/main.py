@@ -174,7 +174,7 @@ def _sigterm_as_interrupt():
 
 def _plan(args) -> tuple[list, list[Sweep], list[Path]]:
     from ..graph.workflow import collect_graph_files, parse_assignment
-    from ..io.paths import check_path_text
+    from ..io.paths import check_path_options
 
     sets = [parse_assignment(s) for s in args.sets]
     sweeps = [parse_sweep(s) for s in args.sweeps]
@@ -182,9 +182,7 @@ def _plan(args) -> tuple[list, list[Sweep], list[Path]]:
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
         raise UsageError(f"set more than once by --set/--sweep: {', '.join(dup)}")
-    for option, value in (("--models-dir", args.models_dir), ("--output-dir", args.output_dir)):
-        if value is not None:
-            check_path_text(value, option)
+    check_path_options({"--models-dir": args.models_dir, "--output-dir": args.output_dir})
     if args.cache_runs < 1:
         raise UsageError(f"--cache-runs must be at least 1, got {args.cache_runs}")
     files = collect_graph_files(args.graphs)
@@ -244,9 +242,6 @@ def _run_one(rec: RunRecord, wf, assignments: list, executor, validate_only: boo
     except RunInterrupted as e:
         _copy_result(rec, e.result)
         raise
-    except RecursionError:  # one graph never stops the others' results
-        rec.status, rec.error = "failed", "graph nested too deeply to run"
-        return
     _copy_result(rec, res)
 
 

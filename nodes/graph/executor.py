@@ -200,6 +200,8 @@ class Executor:
         except NodeExecutionError as e:
             log.debug("%s failed", name, exc_info=True)
             result.status, result.error = "failed", str(e)
+        except RecursionError:  # (all graph walks are iterative) one graph never stops the others
+            result.status, result.error = "failed", "graph nested too deeply to run"
         finally:
             self.cache.end_run()
         result.seconds = time.perf_counter() - start

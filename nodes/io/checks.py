@@ -10,17 +10,20 @@ import torch
 from .errors import LoraLabError, NodeInputError
 
 # Load LoRA's widget range; the stack text, prompt tags, LORA_STACK edges, sweeps and the
-# CLI's --lora use the same one (A1111 and ComfyUI accept any float; past 10 a LoRA only
-# saturates or overflows).
+# CLI's --lora use the same one (past 10 a LoRA only saturates or overflows). ComfyUI's own
+# LoraLoader ids, which the runner also runs, keep ComfyUI's schema: COMFY_STRENGTH_MAX.
 STRENGTH_MIN, STRENGTH_MAX = -10.0, 10.0
+COMFY_STRENGTH_MAX = 100.0
 
 
 class NonFiniteError(LoraLabError, ValueError):
     """A tensor holds NaN or inf (a file's, or a result that would overflow its dtype)."""
 
 
-def check_strength(value, node: str, input_name: str, what: str = "strength", shown=None) -> float:
-    """`value` as a float in [STRENGTH_MIN, STRENGTH_MAX]; NaN, inf and text refused.
+def check_strength(value, node: str, input_name: str, what: str = "strength", shown=None,
+                   limit: float = STRENGTH_MAX) -> float:
+    """`value` as a float in [-limit, limit] (our nodes: STRENGTH_MIN..STRENGTH_MAX); NaN, inf
+    and text refused.
 
     what: how the message calls it ("LoRA 'x': UNet strength"); shown: the input value to
     quote (the whole stack line, say) when it is not `value` itself."""
@@ -31,9 +34,8 @@ def check_strength(value, node: str, input_name: str, what: str = "strength", sh
         raise NodeInputError(node, input_name, shown, f"{what} {value!r} is not a number") from None
     if not math.isfinite(v):
         raise NodeInputError(node, input_name, shown, f"{what} {value!r} is not a finite number")
-    if not STRENGTH_MIN <= v <= STRENGTH_MAX:
-        raise NodeInputError(node, input_name, shown,
-                             f"{what} {value!r} is outside {STRENGTH_MIN:g}..{STRENGTH_MAX:g}")
+    if not -limit <= v <= limit:
+        raise NodeInputError(node, input_name, shown, f"{what} {value!r} is outside {-limit:g}..{limit:g}")
     return v
 
 

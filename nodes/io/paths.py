@@ -105,6 +105,13 @@ def check_path_text(path, what: str) -> None:
         raise ModelPathError(f"{what} {text[:60]!r}... has a name part over 255 bytes ({len(text)} characters)")
 
 
+def check_path_options(options: dict) -> None:
+    """check_path_text for each {option name: value} given (None: not given)."""
+    for option, value in options.items():
+        if value is not None:
+            check_path_text(value, option)
+
+
 def resolve(kind: str, name: str, must_exist: bool = True) -> Path:
     """Resolve `name` inside the folder(s) of `kind`, refusing anything that leaves them."""
     if not isinstance(name, str) or not name.strip():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import notices
-from ..io.checks import check_strength
+from ..io.checks import STRENGTH_MAX, check_strength
 from ..io.errors import LoraLabError, NodeInputError
 from ..io.paths import LORA_EXTENSIONS, confined, resolve
 
@@ -133,7 +133,7 @@ def _unet_only(handle, raw):
 
 
 def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "loras",
-              block_weights: str = "", text: bool = True) -> tuple:
+              block_weights: str = "", text: bool = True, strength_limit: float = STRENGTH_MAX) -> tuple:
     """A new handle with `entries` appended to its patches, plus the joined trigger words.
 
     Each LoRA is matched against the model now, so a LoRA for another family fails here with
@@ -152,7 +152,8 @@ def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "l
     patches, triggers = list(handle.patches), []
     for e in entries:  # LORA_STACK edges, sweeps and the Python API come here unchecked
         for value, which in ((e.strength_unet, "UNet"), (e.strength_text, "text")):
-            check_strength(value, node, input_name, f"LoRA {e.name!r}: {which} strength", shown=e.name)
+            check_strength(value, node, input_name, f"LoRA {e.name!r}: {which} strength", shown=e.name,
+                           limit=strength_limit)
     for e in entries:
         try:
             path = resolve_lora(e.name)
