@@ -377,3 +377,18 @@ def test_cli_paths_the_file_system_refuses(tiny_checkpoints, tmp_path, capsys, a
     assert main([*argv, "--quiet"] if argv[0] == "run" else argv) in (1, 2)
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err
+
+
+def test_diffusers_merge_refuses_a_result_beyond_fp16(sd1, dirs):
+    from lora_lab.nodes.lora.lora_formats import read_lora
+
+    models, out, _ = dirs
+    raw = read_lora(models / "loras" / "huge.safetensors")
+    h = sd1.with_patches((patcher.LoraPatch("huge", raw, 10.0, 10.0),))
+    target = out / "folder"
+    try:
+        expect(NonFiniteError, lambda: merge.merge_checkpoint(h, Destination(target), "fp16", "diffusers",
+                                                              progress=False), "float16", "range")
+    finally:
+        patcher.restore(sd1)  # the shared modules back to the base weights
+    assert not target.exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
