@@ -99,6 +99,7 @@ class LoraLabSampler:
     def sample(self, model, prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
                batch_size, clip_skip=0, denoise=1.0, latent=None, image=None, mask=None, vae=None):
         from ..demo.demo_lora import ensure_named
+        from ..io import notices
         from ..io.progress import Progress
         from ..lora.lora_stack import strip_prompt_loras
         from ..sampling.txt2img import SampleSettings
@@ -110,7 +111,7 @@ class LoraLabSampler:
         from .nodes_vae import decode_with, start_latent
 
         start = start_latent(model, latent, image, mask, vae)
-        with Progress(steps, desc="sample") as bar:
+        with Progress(steps, desc="sample") as bar, notices.collect() as notes:  # <lora:> tag partial matches
             if start is None and float(denoise) == 1.0:  # plain text to image
                 from ..sampling.txt2img import txt2img_latents
 
@@ -119,7 +120,7 @@ class LoraLabSampler:
                 from ..sampling.img2img import sample_latent
 
                 out = sample_latent(model, s, start, float(denoise), progress=bar)
-        return (decode_with(model, vae, out["samples"]), out)
+        return notices.with_ui((decode_with(model, vae, out["samples"]), out), notes)
 
 
 class LoraLabSaveImage:
