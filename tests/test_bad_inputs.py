@@ -392,3 +392,14 @@ def test_diffusers_merge_refuses_a_result_beyond_fp16(sd1, dirs):
     finally:
         patcher.restore(sd1)  # the shared modules back to the base weights
     assert not target.exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("strengths,values2", [("0, 0.5, 11", ""), ("0:20:5", ""), ("0, 1", "0.5, -12")])
+def test_sweep_strengths_in_the_one_range(strengths, values2):
+    from lora_lab.nodes.sampling.sweep import make_plan
+
+    axis2 = "lora strengths" if values2 else "none"
+    bad = "values2" if values2 else "strengths"
+    err = expect(NodeInputError, lambda: make_plan("a", strengths, axis2, "b" if values2 else None, values2),
+                 "LoraLabStrengthSweep", f"'{bad}'", values2 or strengths, "outside -10..10")
+    assert err.input_name == bad
