@@ -252,7 +252,7 @@ class Executor:
     def _signature(self, node_id, prompt, registry, memo, extra_pnginfo) -> str | None:
         """The node's cache key; its inputs' keys first, with a stack (chains of any length;
         the validated graph has no cycles)."""
-        pending = [node_id]
+        pending, expanded = [node_id], set()
         while pending:
             nid = pending[-1]
             if nid in memo:
@@ -260,6 +260,9 @@ class Executor:
                 continue
             todo = [str(v[0]) for v in prompt[nid]["inputs"].values() if is_link(v) and str(v[0]) not in memo]
             if todo:
+                if nid in expanded:  # its inputs are still open when we come back: a cycle
+                    raise LoraLabError(f"dependency cycle through node {nid}")
+                expanded.add(nid)
                 pending.extend(todo)
                 continue
             memo[nid] = self._own_signature(nid, prompt, registry, memo, extra_pnginfo)
