@@ -403,3 +403,17 @@ def test_sweep_strengths_in_the_one_range(strengths, values2):
     err = expect(NodeInputError, lambda: make_plan("a", strengths, axis2, "b" if values2 else None, values2),
                  "LoraLabStrengthSweep", f"'{bad}'", values2 or strengths, "outside -10..10")
     assert err.input_name == bad
+
+
+def test_resize_of_a_nan_lora_through_the_python_api(sd1):
+    from lora_lab.nodes.lora.lora_formats import parse_state_dict
+    from lora_lab.nodes.merge.lora_resize import resize_lora
+    from lora_lab.nodes.merge.lora_save import lora_set_from_raw
+    from lora_lab.nodes.merge.lora_tools import RankRule
+
+    sd = kohya(sd1, rank=4, seed=6)
+    key = min(k for k in sd if k.endswith("lora_down.weight"))
+    sd[key] = sd[key].clone()
+    sd[key][1, 1] = math.nan
+    lset = lora_set_from_raw(parse_state_dict(sd, name="x"))  # parsed in memory: no file check on the way
+    expect(NonFiniteError, lambda: resize_lora(lset, RankRule(2)), key.split(".")[0], "nan")
