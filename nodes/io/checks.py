@@ -41,11 +41,14 @@ def check_strength(value, node: str, input_name: str, what: str = "strength", sh
 
 def first_nonfinite(t: torch.Tensor):
     """The first NaN/inf value of a floating tensor (as a float), or None when all are finite."""
-    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+    if not t.is_floating_point() or t.numel() == 0:
+        return None
+    # NaN propagates through min/max and inf is an extreme: one reduction, no bool temporary
+    # (isfinite().all() on an fp16 LoRA cost ~500x more: 1.6 s against 3 ms for 37M values)
+    lo, hi = torch.aminmax(t.detach())
+    if math.isfinite(float(lo)) and math.isfinite(float(hi)):
         return None
     ok = torch.isfinite(t)
-    if bool(ok.all()):
-        return None
     return float(t.reshape(-1)[(~ok).reshape(-1).nonzero()[0, 0]])
 
 
@@ -63,7 +66,8 @@ def check_fits(t: torch.Tensor, dtype: torch.dtype, file: str, name: str) -> Non
     if dtype is None or not dtype.is_floating_point or not t.is_floating_point() or t.numel() == 0:
         return
     limit = torch.finfo(dtype).max
-    peak = float(t.detach().abs().max())
+    lo, hi = torch.aminmax(t.detach())
+    peak = max(-float(lo), float(hi))
     if peak > limit:
         raise NonFiniteError(f"{file}: tensor {name!r} reaches {peak:.4g}, beyond "
                              f"{str(dtype).replace('torch.', '')}'s range ({limit:.4g}): it would be "
