@@ -26,8 +26,8 @@ EXAMPLES = [
     'lora-lab run workflows/lora_txt2img.json --sweep "Sample (LoRA Lab).seed=1,2" '
     '--sweep "Load LoRA (LoRA Lab).strength_unet=0.5,1.0" --json',
     "lora-lab merge lora-lab-demo-sd15.safetensors --lora lora-lab-demo-style:0.8 "
-    "--lora lora-lab-demo-detail:0.5:0.3 -o output/demo-merged.safetensors",
-    "lora-lab lora resize lora-lab-demo-detail -o output/demo-detail-r4.safetensors --rank 4",
+    "--lora lora-lab-demo-star:0.5:0.3 -o output/demo-merged.safetensors",
+    "lora-lab lora resize lora-lab-demo-star -o output/demo-star-r4.safetensors --rank 4",
 ]
 
 
@@ -78,5 +78,5 @@ def test_merge_and_resize_examples_run_as_written(fresh, capsys):
         assert cli.main(shlex.split(cmd)[1:] + ["-q"]) == 0, capsys.readouterr().err[-3000:]
     merged = load_file(fresh / "output" / "demo-merged.safetensors")
     assert any(k.startswith("model.diffusion_model.") for k in merged)
-    resized = load_file(fresh / "output" / "demo-detail-r4.safetensors")
+    resized = load_file(fresh / "output" / "demo-star-r4.safetensors")
     assert max(v.shape[0] for k, v in resized.items() if k.endswith("lora_down.weight")) <= 4
