@@ -12,6 +12,7 @@
 
 import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
+import { runWarnings } from "./lib/missing.mjs";
 import { addProgress } from "./lib/train_progress.mjs";
 import { createCatalog } from "./ui/catalog.mjs";
 import { findWidget, injectStyles } from "./ui/dom.mjs";
@@ -60,6 +61,13 @@ function setupNode(node) {
         runs.set(String(node.id), s);
         c.monitor.update(s);
       }
+    };
+  }
+  if (c.panel) { // warnings the node returned with its run (ui.lora_lab_warnings) show on the node
+    const before = node.onExecuted;
+    node.onExecuted = function (output) {
+      before?.apply(this, arguments);
+      c.panel.setRunWarnings(runWarnings(output));
     };
   }
   controls.set(node, c);

@@ -85,3 +85,14 @@ export function missingMessage(missing) {
   if (!missing.length) return "";
   return missing.length === 1 ? `missing LoRA: ${missing[0]}` : `missing ${missing.length} LoRAs: ${missing.join(", ")}`;
 }
+
+/**
+ * The warnings a LoRA node returned with its last run (its `ui` output's `lora_lab_warnings`,
+ * e.g. "128 of 129 layers matched"), as display lines; [] for none or a malformed output.
+ * ComfyUI hands `ui` values to onExecuted as given (lists stay lists).
+ */
+export function runWarnings(output) {
+  const list = output?.lora_lab_warnings;
+  if (!Array.isArray(list)) return [];
+  return list.filter((w) => typeof w === "string" && w.trim()).map((w) => w.trim());
+}

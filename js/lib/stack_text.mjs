@@ -27,9 +27,17 @@ export function pyFloat(text) {
 
 class StackSyntaxError extends Error {}
 
+// One strength range everywhere (nodes/io/checks.py STRENGTH_MIN/MAX): the node refuses the rest.
+export const STRENGTH_MIN = -10;
+export const STRENGTH_MAX = 10;
+
 function num(value, line) {
   const v = pyFloat(value);
   if (v === null) throw new StackSyntaxError(`${JSON.stringify(pyStrip(value))} is not a number in "${line}"`);
+  if (!Number.isFinite(v)) throw new StackSyntaxError(`${JSON.stringify(pyStrip(value))} is not a finite number in "${line}"`);
+  if (v < STRENGTH_MIN || v > STRENGTH_MAX) {
+    throw new StackSyntaxError(`${JSON.stringify(pyStrip(value))} is outside ${STRENGTH_MIN}..${STRENGTH_MAX} in "${line}"`);
+  }
   return v;
 }
 

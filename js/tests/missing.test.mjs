@@ -53,3 +53,12 @@ test("a shared workflow's missing LoRAs", () => {
     { id: 2, type: "LoraLabLoraStack", missing: ["far/away.safetensors"] },
   ]);
 });
+
+test("run warnings from a node's ui output", async () => {
+  const { runWarnings } = await import("../lib/missing.mjs");
+  assert.deepEqual(runWarnings({ lora_lab_warnings: ["LoraLabLoraLoader: LoRA 'x': 128 of 129 layers matched ", ""] }),
+    ["LoraLabLoraLoader: LoRA 'x': 128 of 129 layers matched"]);
+  assert.deepEqual(runWarnings({ images: [] }), []);
+  assert.deepEqual(runWarnings(null), []);
+  assert.deepEqual(runWarnings({ lora_lab_warnings: "not a list" }), []);
+});

@@ -44,6 +44,7 @@ export function attachLoraPanel(node, catalog, { focusName = () => null, warning
   let shown = undefined;
   let height = 0;
   let lastSignature = null; // referenced names + focus at the last refresh
+  let runNotes = []; // warnings the node returned with its last run (a partial LoRA match, ...)
   const widget = node.addDOMWidget("lora_lab_panel", "lora_lab_panel", root, {
     serialize: false,
     hideOnZoom: true,
@@ -126,7 +127,8 @@ export function attachLoraPanel(node, catalog, { focusName = () => null, warning
   function refresh() {
     lastSignature = signature();
     const names = referencedLoras(node.comfyClass ?? node.type, widgetValues(node));
-    warn.textContent = catalog.loaded ? missingMessage(findMissing(names, catalog.set)) : "";
+    const missing = catalog.loaded ? missingMessage(findMissing(names, catalog.set)) : "";
+    warn.textContent = [missing, ...runNotes].filter(Boolean).join(" · "); // + the last run's warnings
     root.title = warn.textContent;
     if (!warningsOnly) {
       const focus = focusName();
@@ -144,5 +146,9 @@ export function attachLoraPanel(node, catalog, { focusName = () => null, warning
     off();
     return removed?.apply(this, args);
   };
-  return { widget, refresh, showInfo: (name) => { shown = undefined; return showInfo(name); } };
+  const setRunWarnings = (lines) => {
+    runNotes = lines;
+    refresh();
+  };
+  return { widget, refresh, setRunWarnings, showInfo: (name) => { shown = undefined; return showInfo(name); } };
 }

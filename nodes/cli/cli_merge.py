@@ -84,9 +84,16 @@ def _resolve(name: str, kind: str) -> Path:
     from ..lora.lora_stack import resolve_lora
 
     p = Path(name).expanduser()
-    if p.exists():
-        return p
+    try:
+        if p.exists():
+            return p
+    except (OSError, ValueError):  # a NUL byte, a name too long: resolve() below names it
+        pass
     if kind != "loras":
+        from ..demo.demo import DEMO_NAME, ensure_demo_checkpoint
+
+        if name == DEMO_NAME:  # the README's merge example works on a fresh machine
+            return ensure_demo_checkpoint()
         return resolve(kind, name)
     ensure_if_demo(name)
     return resolve_lora(name)
@@ -116,7 +123,7 @@ def _read_loras(specs: list[str]) -> list:
 
     out = []
     for spec in specs:
-        entries = parse_stack_text(spec, node="--lora")
+        entries = parse_stack_text(spec, node="lora-lab", input_name="--lora")
         if len(entries) != 1:
             raise ValueError(f"--lora {spec!r}: expected NAME[:UNET[:TEXT]]")
         path = _resolve(entries[0].name, "loras")

@@ -25,6 +25,7 @@ _REQUIRED = ("dataset_dir", "output_name")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..train.train_config import (
+        FIELD_HELP,
         LR_SCHEDULERS,
         MIXED_PRECISION,
         OPTIMIZERS,
@@ -35,26 +36,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     choices = {"target": TARGETS, "optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS,
                "mixed_precision": MIXED_PRECISION, "save_dtype": SAVE_DTYPES}
-    parser.add_argument("--model", required=True, help="checkpoint file / diffusers folder, or a name in checkpoints/")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint file / diffusers folder, or a name in checkpoints/ (required)")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         opt = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
+        text = FIELD_HELP[f.name]
         if kind is bool:
-            parser.add_argument(opt, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default)
+            on = opt if f.default else "--no-" + opt[2:]
+            parser.add_argument(opt, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f"{text} (default: {on})")
         elif f.name in _REQUIRED:
-            parser.add_argument(opt, dest=f.name, required=True, type=str)
+            parser.add_argument(opt, dest=f.name, required=True, type=str, help=text + " (required)")
         else:
             parser.add_argument(opt, dest=f.name, type=kind, default=f.default, choices=choices.get(f.name),
-                                metavar=None if f.name in choices else f.name.upper())
-    parser.add_argument("--models-dir", help="folder with checkpoints/ and loras/ (default ./models)")
-    parser.add_argument("--output-dir", help="folder for states and samples (default ./output)")
-    parser.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: accelerate's / CUDA if present)")
+                                metavar=None if f.name in choices else f.name.upper(),
+                                help=f"{text} (default: {f.default!r})")
+    parser.add_argument("--models-dir",
+                        help="folder with checkpoints/ and loras/ (default: $LORA_LAB_MODELS_DIR or ./models)")
+    parser.add_argument("--output-dir",
+                        help="folder for states and samples (default: $LORA_LAB_OUTPUT_DIR or ./output)")
+    parser.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: accelerate's device, else CUDA if present, else cpu)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
-                        help="dtype of the frozen base model (auto: fp32 on the CPU, bf16/fp16 on GPUs)")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary")
-    parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--verbose", action="store_true")
+                        help="dtype of the frozen base model (default: auto = fp32 on the CPU, bf16/fp16 on GPUs)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary (default: off)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no summary line (default: off)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging (default: off)")
 
 
 def _device(args, cfg):
@@ -84,6 +92,21 @@ def _load_model(name: str, device, dtype_name: str):
     return load_checkpoint(path, dtype=dtype, device=device)
 
 
+def _check_dataset(cfg):
+    """The config with the demo dataset's name made a folder (as the node does), once the
+    dataset was scanned (headers and captions only): an empty or unreadable dataset fails in
+    a second, not after the model is loaded."""
+    from ..demo.demo_lora import DEMO_DATASET, ensure_demo_dataset
+    from ..io import paths
+    from ..train.train_data import scan_dataset
+
+    if cfg.dataset_dir == DEMO_DATASET:
+        folder = ensure_demo_dataset(paths.models_dir() / "datasets" / DEMO_DATASET)
+        cfg = dataclasses.replace(cfg, dataset_dir=str(folder))
+    scan_dataset(cfg.dataset_dir, cfg.resolution, cfg.enable_bucket)
+    return cfg
+
+
 def main(args, registry=None) -> int:
     from ..io.errors import LoraLabError
     from ..io.paths import standalone_dirs
@@ -100,6 +123,7 @@ def main(args, registry=None) -> int:
 
     with standalone_dirs(args.models_dir, args.output_dir):
         try:
+            cfg = _check_dataset(cfg)  # before the model is loaded, not after
             handle = _load_model(args.model, _device(args, cfg), args.dtype)
             with Progress(cfg.steps, desc="train", disable=args.quiet) as bar:
                 result = train_lora(handle, cfg, progress=bar)

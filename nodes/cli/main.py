@@ -106,6 +106,7 @@ def _sigterm_as_interrupt():
 
 def _plan(args) -> tuple[list, list[Sweep], list[Path]]:
     from ..graph.workflow import collect_graph_files, parse_assignment
+    from ..io.paths import check_path_options
 
     sets = [parse_assignment(s) for s in args.sets]
     sweeps = [parse_sweep(s) for s in args.sweeps]
@@ -113,6 +114,7 @@ def _plan(args) -> tuple[list, list[Sweep], list[Path]]:
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
         raise UsageError(f"set more than once by --set/--sweep: {', '.join(dup)}")
+    check_path_options({"--models-dir": args.models_dir, "--output-dir": args.output_dir})
     if args.cache_runs < 1:
         raise UsageError(f"--cache-runs must be at least 1, got {args.cache_runs}")
     files = collect_graph_files(args.graphs)
@@ -160,6 +162,8 @@ def _run_local(plan: list, args, registry, display_names, report) -> tuple:
                     loaded[run.path] = load_workflow(run.path, registry, display_names)
                 except (LoraLabError, OSError) as e:
                     loaded[run.path] = e
+                except RecursionError:  # one file never stops the others' results
+                    loaded[run.path] = LoraLabError(f"{run.path}: graph nested too deeply to read")
             wf = loaded[run.path]
             if isinstance(wf, Exception):
                 rec.status, rec.error = "failed", str(wf)

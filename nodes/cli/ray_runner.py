@@ -74,6 +74,8 @@ class RunWorker:
                 self._graph = (path, load_workflow(path, self.registry, self.display_names))
             except (LoraLabError, OSError) as e:
                 self._graph = (path, e)
+            except RecursionError:  # one file never stops the others' results
+                self._graph = (path, LoraLabError(f"{path}: graph nested too deeply to read"))
         return self._graph[1]
 
     def run(self, path: str, rec: RunRecord, assignments: list) -> tuple[RunRecord, dict, dict]:

@@ -103,6 +103,7 @@ class RunRecord:
     timings: dict = field(default_factory=dict)
     executed_nodes: list = field(default_factory=list)
     cached_nodes: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # {"node", "title", "message"}: a partial LoRA match, ...
     index: int = 0  # position in the full (unsharded) run list
     worker: str | None = None  # the Ray worker that ran it (None: this process)
 
@@ -141,6 +142,7 @@ def copy_result(rec: RunRecord, res) -> None:
     rec.status, rec.error, rec.problems = res.status, res.error, res.problems
     rec.files, rec.seconds, rec.timings = res.files, res.seconds, res.timings
     rec.executed_nodes, rec.cached_nodes = res.executed, res.cached
+    rec.warnings = list(getattr(res, "warnings", []))
 
 
 def run_one(rec: RunRecord, wf, assignments: list, executor, validate_only: bool, registry) -> None:

@@ -60,6 +60,7 @@ def _lora_names():
 def apply_lora(node: str, model, clip, lora_name: str, strength_model: float, strength_clip: float):
     """(model, clip) with the LoRA added: its UNet part to MODEL only, its text part to CLIP only."""
     from ..demo.demo_lora import ensure_if_demo
+    from ..io.checks import COMFY_STRENGTH_MAX
     from ..lora.lora_stack import StackEntry, add_loras
     from ..model.runner_types import ClipHandle
 
@@ -67,9 +68,11 @@ def apply_lora(node: str, model, clip, lora_name: str, strength_model: float, st
         return model, clip
     ensure_if_demo(lora_name)
     if strength_model != 0:
-        model, _ = add_loras(model, [StackEntry(lora_name, float(strength_model), 0.0)], node, "lora_name")
+        model, _ = add_loras(model, [StackEntry(lora_name, float(strength_model), 0.0)], node, "lora_name",
+                             strength_limit=COMFY_STRENGTH_MAX)  # ComfyUI's schema: -100..100
     if clip is not None and strength_clip != 0:
-        handle, _ = add_loras(clip.handle, [StackEntry(lora_name, 0.0, float(strength_clip))], node, "lora_name")
+        handle, _ = add_loras(clip.handle, [StackEntry(lora_name, 0.0, float(strength_clip))], node, "lora_name",
+                              strength_limit=COMFY_STRENGTH_MAX)
         clip = ClipHandle(handle, clip.clip_layer)
     return model, clip
 

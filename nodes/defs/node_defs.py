@@ -99,6 +99,7 @@ class LoraLabSampler:
     def sample(self, model, prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
                batch_size, clip_skip=0, denoise=1.0, latent=None, image=None, mask=None, vae=None):
         from ..demo.demo_lora import ensure_named
+        from ..io import notices
         from ..io.progress import Progress
         from ..lora.lora_stack import strip_prompt_loras
         from ..sampling.txt2img import SampleSettings
@@ -110,7 +111,7 @@ class LoraLabSampler:
         from .nodes_vae import decode_with, start_latent
 
         start = start_latent(model, latent, image, mask, vae)
-        with Progress(steps, desc="sample") as bar:
+        with Progress(steps, desc="sample") as bar, notices.collect() as notes:  # <lora:> tag partial matches
             if start is None and float(denoise) == 1.0:  # plain text to image
                 from ..sampling.txt2img import txt2img_latents
 
@@ -119,7 +120,7 @@ class LoraLabSampler:
                 from ..sampling.img2img import sample_latent
 
                 out = sample_latent(model, s, start, float(denoise), progress=bar)
-        return (decode_with(model, vae, out["samples"]), out)
+        return notices.with_ui((decode_with(model, vae, out["samples"]), out), notes)
 
 
 class LoraLabSaveImage:
@@ -155,7 +156,7 @@ class LoraLabSaveImage:
         return {"ui": {"images": ui}, "result": ()}
 
 
-_STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}
+_STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}  # = io.checks' STRENGTH_MIN/MAX
 _BLOCK_WEIGHTS = ("STRING", {"default": "", "tooltip": "optional per-block multipliers (A1111 LBW): a preset "
                              "such as ALL, INALL, MIDD, OUTALL or 17/26 (SDXL: 12/20) comma-separated numbers"})
 
@@ -182,11 +183,18 @@ class LoraLabLoraLoader:
 
     def load(self, model, lora_name, strength_unet, strength_text, block_weights=""):
         from ..demo.demo_lora import ensure_if_demo
+        from ..io import notices
+        from ..io.checks import check_strength
         from ..lora.lora_stack import StackEntry, add_loras
 
+        node = "LoraLabLoraLoader"
+        su = check_strength(strength_unet, node, "strength_unet")
+        st = check_strength(strength_text, node, "strength_text")
         ensure_if_demo(lora_name)
-        entry = StackEntry(lora_name, float(strength_unet), float(strength_text))
-        return add_loras(model, [entry], "LoraLabLoraLoader", "lora_name", block_weights)
+        entry = StackEntry(lora_name, su, st)
+        with notices.collect() as notes:  # a partial match is shown on the node, not only logged
+            result = add_loras(model, [entry], node, "lora_name", block_weights)
+        return notices.with_ui(result, notes)
 
 
 class LoraLabLoraStack:
@@ -210,6 +218,7 @@ class LoraLabLoraStack:
 
     def stack(self, model, loras, lora_stack=None, block_weights=""):
         from ..demo.demo_lora import ensure_named
+        from ..io import notices
         from ..io.errors import NodeInputError
         from ..lora.lora_stack import StackEntry, add_loras, parse_stack_text
 
@@ -217,15 +226,16 @@ class LoraLabLoraStack:
         for item in lora_stack or []:
             try:
                 name, su, st = item
-                entries.append(StackEntry(str(name), float(su), float(st)))
+                entries.append(StackEntry(str(name), float(su), float(st)))  # range: add_loras
             except (TypeError, ValueError):
                 raise NodeInputError("LoraLabLoraStack", "lora_stack", item,
                                      "expected (lora_name, model_strength, clip_strength)") from None
         entries += parse_stack_text(loras)
         ensure_named(e.name for e in entries)
-        new, words = add_loras(model, entries, "LoraLabLoraStack", "loras", block_weights)
+        with notices.collect() as notes:
+            new, words = add_loras(model, entries, "LoraLabLoraStack", "loras", block_weights)
         out_stack = [(e.name, e.strength_unet, e.strength_text) for e in entries]
-        return (new, out_stack, words)
+        return notices.with_ui((new, out_stack, words), notes)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -34,14 +34,19 @@ def _prompt_server():
 def info_response(name: str | None) -> tuple[int, dict]:
     """(HTTP status, JSON body) for GET /lora_lab/info?name=..."""
     from ..demo.demo_lora import ensure_if_demo
+    from ..io.errors import LoraLabError
     from ..lora.lora_info import LoraInfoError, lora_info
 
-    if isinstance(name, str):
-        ensure_if_demo(name)  # only an exact demo name writes anything
     try:
+        if isinstance(name, str):
+            ensure_if_demo(name)  # only an exact demo name writes anything
         return 200, lora_info(name or "")
     except LoraInfoError as e:
         return e.status, {"error": str(e)}
+    except LoraLabError as e:  # a file that cannot be read as a LoRA
+        return 422, {"error": str(e)}
+    except (OSError, ValueError) as e:  # a name the file system refuses: never a 500
+        return 400, {"error": f"name {str(name)[:200]!r}: {e}"}
 
 
 def list_response() -> tuple[int, dict]:

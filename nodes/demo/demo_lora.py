@@ -68,9 +68,13 @@ def ensure_demo_loras(folder: Path | None = None) -> list[Path]:
 
 
 def ensure_if_demo(name: str) -> None:
-    """Install `name` if it is a demo LoRA that is not there yet (call before resolving a LoRA name)."""
-    if name in DEMO_LORAS:
-        ensure_demo_lora(name)
+    """Install `name` if it is a demo LoRA that is not there yet (call before resolving a LoRA name);
+    with or without its extension, as LoRA names resolve."""
+    if not isinstance(name, str):
+        return
+    full = name if name in DEMO_LORAS else name + ".safetensors"
+    if full in DEMO_LORAS:
+        ensure_demo_lora(full)
 
 
 def with_demo_names(names: list[str]) -> list[str]:

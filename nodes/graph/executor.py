@@ -37,6 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from ..io import notices
 from ..io.errors import InterruptedByUser, LoraLabError
 from .graph_validate import (
     GraphValidationError,
@@ -95,6 +96,7 @@ class RunResult:
     cached: list = field(default_factory=list)
     ui: dict = field(default_factory=dict)  # output node id -> merged ui dict
     label: str | None = None
+    warnings: list = field(default_factory=list)  # {"node", "title", "message"} (io.notices), also of cached nodes
 
     @property
     def ok(self) -> bool:
@@ -169,6 +171,7 @@ class Executor:
         self.registry = registry  # class type -> node class, handed in by the caller
         self.cache = cache if cache is not None else OutputCache(keep_runs)
         self.quiet = quiet
+        self._notes: dict[str, tuple] = {}  # signature -> warnings its node gave when it ran
 
     # -- public -------------------------------------------------------------------------------
     def validate(self, prompt: dict) -> ValidatedGraph:
@@ -197,6 +200,8 @@ class Executor:
         except NodeExecutionError as e:
             log.debug("%s failed", name, exc_info=True)
             result.status, result.error = "failed", str(e)
+        except RecursionError:  # (all graph walks are iterative) one graph never stops the others
+            result.status, result.error = "failed", "graph nested too deeply to run"
         finally:
             self.cache.end_run()
         result.seconds = time.perf_counter() - start
@@ -223,10 +228,16 @@ class Executor:
                     if cached is not None:
                         outputs[node_id] = cached
                         result.cached.append(node_id)
+                        result.warnings += [{"node": node_id, "title": title, "message": m}
+                                            for m in self._notes.get(sig, ())]
                         bar.update(1)
                         continue
                 t0 = time.perf_counter()
-                out, ui = self._run_node(node_id, node, cls, title, prompt, outputs, extra_pnginfo)
+                with notices.collect() as notes:
+                    out, ui = self._run_node(node_id, node, cls, title, prompt, outputs, extra_pnginfo)
+                result.warnings += [{"node": node_id, "title": title, "message": m} for m in notes]
+                if notes and sig is not None:
+                    self._notes[sig] = tuple(notes)  # a cached output still carries its warnings
                 result.timings[node_id] = time.perf_counter() - t0
                 result.executed.append(node_id)
                 outputs[node_id] = out
@@ -239,8 +250,27 @@ class Executor:
                 bar.update(1)
 
     def _signature(self, node_id, prompt, registry, memo, extra_pnginfo) -> str | None:
-        if node_id in memo:
-            return memo[node_id]
+        """The node's cache key; its inputs' keys first, with a stack (chains of any length;
+        the validated graph has no cycles)."""
+        pending, expanded = [node_id], set()
+        while pending:
+            nid = pending[-1]
+            if nid in memo:
+                pending.pop()
+                continue
+            todo = [str(v[0]) for v in prompt[nid]["inputs"].values() if is_link(v) and str(v[0]) not in memo]
+            if todo:
+                if nid in expanded:  # its inputs are still open when we come back: a cycle
+                    raise LoraLabError(f"dependency cycle through node {nid}")
+                expanded.add(nid)
+                pending.extend(todo)
+                continue
+            memo[nid] = self._own_signature(nid, prompt, registry, memo, extra_pnginfo)
+            pending.pop()
+        return memo[node_id]
+
+    def _own_signature(self, node_id, prompt, registry, memo, extra_pnginfo) -> str:
+        """The cache key of a node whose inputs' keys are in `memo`."""
         node = prompt[node_id]
         cls = registry[node["class_type"]]
         types = cls.INPUT_TYPES()
@@ -250,8 +280,7 @@ class Executor:
         for name in sorted(node["inputs"]):
             value = node["inputs"][name]
             if is_link(value):
-                parts.append([name, "link", self._signature(str(value[0]), prompt, registry, memo, extra_pnginfo),
-                              value[1]])
+                parts.append([name, "link", memo[str(value[0])], value[1]])
             else:
                 parts.append([name, "value", _canonical(value)])
         sig = hashlib.sha256(_canonical(parts).encode()).hexdigest()

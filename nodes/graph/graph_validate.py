@@ -89,13 +89,18 @@ class Problem:
                 "input": self.input, "value": value, "message": self.message, "text": str(self)}
 
 
+MAX_LISTED = 50  # problems written into the error message (`problems` keeps them all)
+
+
 class GraphValidationError(LoraLabError):
     """The graph cannot run; `problems` lists every reason found."""
 
     def __init__(self, problems: list[Problem], supported=None):
         self.problems = list(problems)
         lines = [f"graph failed validation ({len(self.problems)} problem{'s' * (len(self.problems) != 1)}):"]
-        lines += [f"  - {p}" for p in self.problems]
+        lines += [f"  - {p}" for p in self.problems[:MAX_LISTED]]
+        if len(self.problems) > MAX_LISTED:  # a 60k-node file would print megabytes
+            lines.append(f"  ... and {len(self.problems) - MAX_LISTED} more (--json lists every problem)")
         if supported and any(p.kind in ("comfyui_only", "unknown_node_type") for p in self.problems):
             lines.append("  the headless runner runs these node types: " + ", ".join(sorted(supported, key=str.lower)))
         super().__init__("\n".join(lines))

@@ -74,6 +74,8 @@ def _normalise_api(prompt: dict) -> dict:
 def _convert_ui(ui: dict, registry: dict, source: str, display_names: dict | None) -> dict:
     try:
         return ui_to_api(ui, registry, display_names)
+    except WorkflowError as e:  # named by node and field: say which file too
+        raise WorkflowError(f"{source}: {e}") from None
     except (KeyError, IndexError, TypeError, AttributeError) as e:  # malformed nodes, slots or links
         raise WorkflowError(f"{source}: malformed UI workflow ({type(e).__name__}: {e})") from e
 
@@ -112,6 +114,8 @@ def read_png_chunks(path: str | Path) -> dict:
                 chunks[key] = json.loads(text[key])
             except json.JSONDecodeError as e:
                 raise WorkflowError(f"{path}: the {key!r} chunk is not valid JSON ({e})") from None
+            except RecursionError:
+                raise WorkflowError(f"{path}: the {key!r} chunk is nested too deeply") from None
     return chunks
 
 
@@ -148,6 +152,8 @@ def load_workflow(path: str | Path, registry: dict, display_names: dict | None =
         data = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WorkflowError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:  # json's decoder recurses once per level
+        raise WorkflowError(f"{path}: JSON nested too deeply (thousands of levels); no graph is") from None
     return parse_workflow(data, registry, source=str(path), name=p.stem, display_names=display_names)
 
 
@@ -156,7 +162,11 @@ def collect_graph_files(paths) -> list[Path]:
     out = []
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except (OSError, ValueError):  # a name too long, a NUL byte: loading it names the error
+            is_dir = False
+        if is_dir:
             out.extend(sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in GRAPH_SUFFIXES))
         else:
             out.append(p)
@@ -204,7 +214,14 @@ def find_node(prompt: dict, ref: str) -> str:
             return hits[0]
         if len(hits) > 1:
             raise OverrideError(f"{ref!r} is the {what} of several nodes ({', '.join(hits)}); use the node id")
-    raise OverrideError(f"no node with id, title or class type {ref!r} in the graph")
+    def order(kv):  # numeric ids in number order first
+        return not str(kv[0]).isdigit(), len(str(kv[0])), str(kv[0])
+
+    listed = [f"{nid} ({(n.get('_meta') or {}).get('title') or n.get('class_type')})"
+              for nid, n in sorted(prompt.items(), key=order)]
+    more = f", ... ({len(listed) - 40} more)" if len(listed) > 40 else ""
+    raise OverrideError(f"no node with id, title or class type {ref!r} in the graph; its nodes (id (title)): "
+                        f"{', '.join(listed[:40])}{more}")
 
 
 _TRUE = {"true", "1", "yes", "on"}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..io.errors import LoraLabError
+from .workflow_fields import WorkflowError, check_node_fields, is_int, node_mode
 from .workflow_widgets import _serialise_widget_value, widget_specs, widget_values
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,7 @@ MODE_BYPASS = 4
 SUBGRAPH_INPUT_ID = -10
 SUBGRAPH_OUTPUT_ID = -20
 VIRTUAL_TYPES = frozenset({"Reroute", "PrimitiveNode", "Note", "MarkdownNote"})
-
-
-class WorkflowError(LoraLabError):
-    """A workflow file that cannot be read or converted."""
+_IN, _OUT = object(), object()  # the kinds of a link-resolution step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,14 +55,24 @@ def _link(raw) -> Link:
     if isinstance(raw, (list, tuple)):  # [id, origin_id, origin_slot, target_id, target_slot, type]
         if len(raw) < 5:
             raise WorkflowError(f"malformed link {raw!r}: expected [id, from_node, from_slot, to_node, to_slot, type]")
-        return Link(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5] if len(raw) > 5 else None)
-    if isinstance(raw, dict):
+        lk = Link(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5] if len(raw) > 5 else None)
+    elif isinstance(raw, dict):
         try:
-            return Link(raw["id"], raw["origin_id"], raw["origin_slot"], raw["target_id"], raw["target_slot"],
-                        raw.get("type"))
+            lk = Link(raw["id"], raw["origin_id"], raw["origin_slot"], raw["target_id"], raw["target_slot"],
+                      raw.get("type"))
         except KeyError as e:
             raise WorkflowError(f"malformed link {raw!r}: missing {e}") from None
-    raise WorkflowError(f"malformed link {raw!r}")
+    else:
+        raise WorkflowError(f"malformed link {raw!r}")
+    for name in ("id", "origin_slot", "target_slot"):
+        if not is_int(getattr(lk, name)):
+            raise WorkflowError(f"malformed link {str(raw)[:120]}: field {name!r} = {getattr(lk, name)!r}: "
+                                "expected an integer")
+    for name in ("origin_id", "target_id"):
+        v = getattr(lk, name)
+        if not isinstance(v, (int, str)) or isinstance(v, bool):
+            raise WorkflowError(f"malformed link {str(raw)[:120]}: field {name!r} = {v!r}: expected a node id")
+    return lk
 
 
 @dataclass
@@ -82,6 +89,7 @@ class Graph:
         for n in data.get("nodes") or []:
             if not isinstance(n, dict) or "id" not in n or "type" not in n:
                 raise WorkflowError(f"{where}: malformed node {str(n)[:120]}")
+            check_node_fields(n, where)
             if n["id"] in nodes:  # the editor never saves two; a hand-edited file must not run "last one wins"
                 raise WorkflowError(f"{where}: duplicate node id {n['id']!r} ({nodes[n['id']]['type']} and "
                                     f"{n['type']})")
@@ -111,7 +119,7 @@ class Exec:
 
     @property
     def mode(self) -> int:
-        return self.node.get("mode") or 0
+        return node_mode(self.node)
 
     @property
     def inputs(self) -> list:
@@ -159,18 +167,24 @@ class Converter:
         return defs
 
     def _add(self, node: dict, graph: Graph, path: tuple, instance: Exec | None, seen: frozenset) -> None:
-        exec_id = ":".join(str(p) for p in (*path, node["id"]))
-        ex = Exec(exec_id, node, graph, path, instance)
-        self.execs[exec_id] = ex
-        sub = self.defs.get(node["type"])
-        if sub is None:
-            self.order.append(ex)
-            return
-        if node["type"] in seen:
-            raise WorkflowError(f"subgraph {sub.get('name') or node['type']!r} contains itself (node {exec_id})")
-        ex.subgraph = Graph.from_json(sub, f"subgraph {sub.get('name') or node['type']!r}")
-        for inner in ex.subgraph.nodes.values():
-            self._add(inner, ex.subgraph, (*path, node["id"]), ex, seen | {node["type"]})
+        """Add a node and, for a subgraph instance, its inner nodes (depth first, in order;
+        with a stack, so nesting depth is not limited by Python's recursion limit)."""
+        pending = [(node, graph, path, instance, seen)]
+        while pending:
+            node, graph, path, instance, seen = pending.pop()
+            exec_id = ":".join(str(p) for p in (*path, node["id"]))
+            ex = Exec(exec_id, node, graph, path, instance)
+            self.execs[exec_id] = ex
+            sub = self.defs.get(node["type"])
+            if sub is None:
+                self.order.append(ex)
+                continue
+            if node["type"] in seen:
+                raise WorkflowError(f"subgraph {sub.get('name') or node['type']!r} contains itself (node {exec_id})")
+            ex.subgraph = Graph.from_json(sub, f"subgraph {sub.get('name') or node['type']!r}")
+            inner = [(n, ex.subgraph, (*path, node["id"]), ex, seen | {node["type"]})
+                     for n in ex.subgraph.nodes.values()]
+            pending.extend(reversed(inner))
 
     def _exec_in(self, graph_owner: Exec, node_id) -> Exec | None:
         return self.execs.get(":".join(str(p) for p in (*graph_owner.path, node_id)))
@@ -188,26 +202,43 @@ class Converter:
                 self._push_value(ex, out.get("links") or [], values[0], set())
 
     def _push_value(self, src: Exec, link_ids: list, value, seen: set) -> None:
-        for link_id in link_ids:
-            lk = src.graph.links.get(link_id)
-            if lk is None or link_id in seen:
-                continue
-            seen.add(link_id)
-            target = self._exec_in(src, lk.target_id)
-            if target is None:
-                continue
-            if target.node["type"] == "Reroute":
-                for out in target.outputs[:1]:
-                    self._push_value(target, out.get("links") or [], value, seen)
-                continue
-            slot = target.inputs[lk.target_slot] if lk.target_slot < len(target.inputs) else {}
-            name = (slot.get("widget") or {}).get("name") or slot.get("name")
-            if name:
-                self.widget_overrides[(target.exec_id, name)] = value
+        pending = [(src, list(link_ids))]  # a stack: chains of reroutes of any length
+        while pending:
+            src, ids = pending.pop()
+            for link_id in ids:
+                lk = src.graph.links.get(link_id)
+                if lk is None or link_id in seen:
+                    continue
+                seen.add(link_id)
+                target = self._exec_in(src, lk.target_id)
+                if target is None:
+                    continue
+                if target.node["type"] == "Reroute":
+                    for out in target.outputs[:1]:
+                        pending.append((target, out.get("links") or []))
+                    continue
+                slot = target.inputs[lk.target_slot] if 0 <= lk.target_slot < len(target.inputs) else {}
+                name = (slot.get("widget") or {}).get("name") or slot.get("name")
+                if name:
+                    self.widget_overrides[(target.exec_id, name)] = value
 
     # -- link resolution (ExecutableNodeDTO.resolveInput / resolveOutput) ---------------------
+    # One loop over ("I" input | "O" output, exec, slot, type) steps: chains of reroutes,
+    # bypassed nodes and subgraph boundaries of any length, without recursion.
     def resolve_input(self, ex: Exec, slot: int, visited: set, type_=None):
         """None (nothing connected), ("value", v) (a promoted widget) or (origin exec id, slot)."""
+        return self._resolve((_IN, ex, slot, type_), visited)
+
+    def resolve_output(self, ex: Exec, slot: int, type_, visited: set):
+        return self._resolve((_OUT, ex, slot, type_), visited)
+
+    def _resolve(self, step: tuple, visited: set):
+        while True:
+            step = self._input_step(*step[1:], visited) if step[0] is _IN else self._output_step(*step[1:], visited)
+            if step is None or (step[0] is not _IN and step[0] is not _OUT):
+                return step
+
+    def _input_step(self, ex: Exec, slot: int, type_, visited: set):
         key = (ex.exec_id, "I", slot)
         if key in visited:
             raise WorkflowError(f"circular link resolution at input {slot} of node {ex.exec_id}")
@@ -222,15 +253,15 @@ class Converter:
         if lk is None:
             raise WorkflowError(f"node {ex.exec_id} input {inp.get('name')!r} refers to missing link {link_id}")
         if lk.origin_id == SUBGRAPH_INPUT_ID and ex.instance is not None:
-            return self._resolve_from_instance(ex.instance, lk.origin_slot, visited, type_ or inp.get("type"))
+            return self._from_instance(ex.instance, lk.origin_slot, type_ or inp.get("type"))
         origin = self._exec_in(ex, lk.origin_id)
         if origin is None:
             raise WorkflowError(f"link {link_id} into node {ex.exec_id} comes from missing node {lk.origin_id}")
-        return self.resolve_output(origin, lk.origin_slot, type_ or inp.get("type"), visited)
+        return (_OUT, origin, lk.origin_slot, type_ or inp.get("type"))
 
-    def _resolve_from_instance(self, inst: Exec, sub_slot: int, visited: set, type_):
+    def _from_instance(self, inst: Exec, sub_slot: int, type_):
         sub_inputs = inst.subgraph.inputs
-        name = sub_inputs[sub_slot].get("name") if sub_slot < len(sub_inputs) else None
+        name = sub_inputs[sub_slot].get("name") if 0 <= sub_slot < len(sub_inputs) else None
         # By name only, as the frontend pairs them: an instance whose saved inputs lack the name has
         # nothing wired there (a positional guess would wire some other, linked input).
         idx = next((i for i, s in enumerate(inst.inputs) if name is not None and s.get("name") == name), None)
@@ -240,25 +271,25 @@ class Converter:
         if inst.inputs[idx].get("link") is None:
             promoted = self.promoted_values(inst)
             return ("value", promoted[name]) if name in promoted else None
-        return self.resolve_input(inst, idx, visited, type_)
+        return (_IN, inst, idx, type_)
 
-    def resolve_output(self, ex: Exec, slot: int, type_, visited: set):
+    def _output_step(self, ex: Exec, slot: int, type_, visited: set):
         key = (ex.exec_id, "O", slot)
         if key in visited:
             raise WorkflowError(f"circular link resolution at output {slot} of node {ex.exec_id}")
         visited.add(key)
         if ex.mode == MODE_BYPASS:
             idx = self._bypass_slot(ex, slot, type_)
-            return None if idx < 0 else self.resolve_input(ex, idx, visited)
+            return None if idx < 0 else (_IN, ex, idx, None)
         if ex.subgraph is not None:
             inner_link = next((lk for lk in ex.subgraph.links.values()
                                if lk.target_id == SUBGRAPH_OUTPUT_ID and lk.target_slot == slot), None)
             if inner_link is None:
                 return None
             inner = self.execs.get(":".join(str(p) for p in (*ex.path, ex.node["id"], inner_link.origin_id)))
-            return None if inner is None else self.resolve_output(inner, inner_link.origin_slot, type_, visited)
+            return None if inner is None else (_OUT, inner, inner_link.origin_slot, type_)
         if ex.node["type"] in VIRTUAL_TYPES:
-            return self.resolve_input(ex, slot, visited, type_) if slot < len(ex.inputs) else None
+            return (_IN, ex, slot, type_) if slot < len(ex.inputs) else None
         return (ex.exec_id, slot)
 
     @staticmethod

@@ -9,15 +9,20 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
-from .errors import NodeInputError
+from .errors import LoraLabError, NodeInputError
+from .paths import check_path_text
+from .temp_files import WRITE_ERRNOS, apply_umask, new_temp, write_failed
 
 
 def split_prefix(prefix: str, root: Path, node: str, input_name: str = "filename_prefix") -> tuple[Path, str]:
     """'sub/dir/name' -> (root/sub/dir, 'name'), refusing anything that leaves `root`."""
     text = (prefix or "").replace("\\", "/").strip()
+    try:
+        check_path_text(text, "the prefix")
+    except LoraLabError as e:
+        raise NodeInputError(node, input_name, prefix, str(e)) from None
     parts = text.split("/")
     if not text or text.endswith("/") or parts[-1] in (".", ".."):
         raise NodeInputError(node, input_name, prefix, "needs a file name part")
@@ -50,6 +55,9 @@ class Destination:
                  stem: str | None = None, overwrite: bool = False):
         if (path is None) == (folder is None or stem is None):
             raise ValueError("give either path, or folder and stem")
+        for value, what in ((path, "output path"), (folder, "output folder"), (stem, "output name")):
+            if value is not None:
+                check_path_text(value, what)
         self.target = Path(path) if path is not None else None
         self.folder, self.stem, self.overwrite = (Path(folder) if folder else None), stem, overwrite
         self.path: Path | None = None  # set once committed
@@ -69,15 +77,14 @@ class Destination:
         parent = self.target.parent if self.target is not None else self.folder
         parent.mkdir(parents=True, exist_ok=True)
         name = self.target.name if self.target is not None else self.stem
-        if is_dir:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
-        else:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
-            os.close(fd)
-            tmp = Path(tmp_name)
+        tmp = new_temp(parent, name, is_dir)  # also removes stale temp files of killed writes here
         try:
             yield tmp
             self.path = self._commit(tmp, ext, is_dir)
+        except OSError as e:
+            if isinstance(e, FileExistsError) or e.errno not in WRITE_ERRNOS:
+                raise
+            raise write_failed(self.target or self.folder / self.stem, e) from e
         finally:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -86,6 +93,7 @@ class Destination:
                     tmp.unlink()
 
     def _commit(self, tmp: Path, ext: str, is_dir: bool) -> Path:
+        apply_umask(tmp, is_dir)
         if not is_dir:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -99,8 +107,8 @@ class Destination:
             if self.target.exists():
                 if not self.overwrite:
                     raise FileExistsError(f"{self.target} exists; refusing to overwrite it")
-                old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".old", dir=self.target.parent))
-                old.rmdir()  # a fresh unused name for the folder being replaced
+                old = new_temp(self.target.parent, self.target.name + ".old", is_dir=True)
+                old.rmdir()  # a fresh unused name for the folder being replaced (stale if we are killed)
                 os.rename(self.target, old)
                 os.rename(tmp, self.target)
                 shutil.rmtree(old, ignore_errors=True)

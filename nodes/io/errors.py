@@ -24,3 +24,8 @@ class CheckpointError(LoraLabError, ValueError):
 
 class InterruptedByUser(LoraLabError):
     """The user asked to stop (Ctrl-C, or ComfyUI's interrupt)."""
+
+
+class OutputWriteError(LoraLabError, OSError):
+    """An output could not be written (a full disk, a quota, an I/O error): the message
+    names the target; nothing was left at it. Still an OSError for callers that catch those."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from .destination import next_counter, split_prefix
 from .errors import NodeInputError
 from .paths import output_dir
+from .temp_files import new_temp
 
 
 def to_pil(image: torch.Tensor):
@@ -55,8 +55,7 @@ def save_images(images: torch.Tensor, filename_prefix: str, prompt=None, extra_p
     written = []
     counter = next_counter(folder, stem, ".png")
     for image in images:
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".png.tmp", dir=folder)
-        os.close(fd)
+        tmp = new_temp(folder, stem + ".png")  # the user's umask; stale ones of killed runs removed
         try:
             to_pil(image).save(tmp, format="PNG", pnginfo=info, compress_level=4)
             while True:

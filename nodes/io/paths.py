@@ -27,6 +27,7 @@ LORA_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 VAE_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 EMBEDDING_EXTENSIONS = (".safetensors", ".pt", ".bin", ".pth")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_NAME = 1024  # characters of a model name (relative path); each part at most 255 bytes (the file systems' limit)
 
 _dirs: contextvars.ContextVar = contextvars.ContextVar("lora_lab_dirs", default=None)
 
@@ -93,10 +94,35 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
+def check_path_text(path, what: str) -> None:
+    """Refuse a path no file system takes (a NUL byte, a part over 255 bytes), naming `what`
+    (an option, an input) and the value, before anything is opened or created."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+    if not isinstance(text, str):
+        raise ModelPathError(f"{what} {path!r}: expected a path")
+    if "\0" in text:
+        raise ModelPathError(f"{what} {text!r} contains a NUL byte")
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in text.replace("\\", "/").split("/")):
+        raise ModelPathError(f"{what} {text[:60]!r}... has a name part over 255 bytes ({len(text)} characters)")
+
+
+def check_path_options(options: dict) -> None:
+    """check_path_text for each {option name: value} given (None: not given)."""
+    for option, value in options.items():
+        if value is not None:
+            check_path_text(value, option)
+
+
 def resolve(kind: str, name: str, must_exist: bool = True) -> Path:
     """Resolve `name` inside the folder(s) of `kind`, refusing anything that leaves them."""
     if not isinstance(name, str) or not name.strip():
         raise ModelPathError(f"empty {kind} name {name!r}")
+    if "\0" in name:
+        raise ModelPathError(f"{kind} name {name!r} contains a NUL byte")
+    if len(name) > MAX_NAME or any(len(part.encode("utf-8", "surrogatepass")) > 255
+                                   for part in name.replace("\\", "/").split("/")):
+        raise ModelPathError(f"{kind} name {name[:60]!r}... is too long ({len(name)} characters; a file "
+                             f"name part may have 255 bytes, a name {MAX_NAME} characters)")
     rel = Path(name.replace("\\", "/"))
     if rel.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         raise ModelPathError(f"{kind} name {name!r} is an absolute path; give a name inside the {kind} folder")
@@ -111,10 +137,27 @@ def resolve(kind: str, name: str, must_exist: bool = True) -> Path:
             raise ModelPathError(
                 f"{kind} name {name!r} resolves to {str(real)!r}, outside the {kind} folder {str(root)!r}"
             )
-        if not must_exist or real.exists():
+        try:
+            found = real.exists()
+        except (OSError, ValueError) as e:
+            raise ModelPathError(f"{kind} name {name!r}: {e.strerror if isinstance(e, OSError) else e}") from None
+        if not must_exist or found:
             return real
         tried.append(str(folder))
     raise ModelPathError(f"{kind} file {name!r} not found in {', '.join(tried) or 'no folder'}")
+
+
+def confined(kind: str, path: str | os.PathLike) -> Path | None:
+    """`path` resolved, when it is a file inside one of the folders of `kind` (following every
+    link); None otherwise. For files read next to a model (sidecars): a link out of the
+    folder would let anyone who can drop a link read any file through the info route."""
+    try:
+        real = Path(path).resolve()
+        if not real.is_file():
+            return None
+    except (OSError, ValueError):
+        return None
+    return real if any(_inside(real, folder.resolve()) for folder in folders(kind)) else None
 
 
 def list_names(kind: str, extensions: tuple = CHECKPOINT_EXTENSIONS) -> list[str]:

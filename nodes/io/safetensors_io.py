@@ -77,8 +77,11 @@ def header_shapes(header: dict) -> dict:
 def load_pickle_state_dict(path: str | os.PathLike) -> dict:
     """A .ckpt/.pt state dict through torch.load(weights_only=True) only."""
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    import zipfile
+
+    try:  # mmap needs the zip format; a legacy (pre-1.6) torch.save file is read whole, still weights_only
+        zipped = zipfile.is_zipfile(path)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as e:  # UnpicklingError, RuntimeError from zip reader, ...

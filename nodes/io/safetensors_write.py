@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 from .safetensors_stream import state_dict_items, write_stream
+from .temp_files import WRITE_ERRNOS, apply_umask, new_temp, write_failed
 
 
 @contextlib.contextmanager
@@ -22,10 +22,10 @@ def atomic_write(target: str | os.PathLike, overwrite: bool = False):
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; refusing to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = str(new_temp(target.parent, target.name))  # also removes stale temp files of killed writes here
     try:
         yield Path(tmp)
+        apply_umask(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if overwrite:
@@ -34,9 +34,11 @@ def atomic_write(target: str | os.PathLike, overwrite: bool = False):
             # link() fails if the target appeared meanwhile: never clobber a file we did not check
             os.link(tmp, target)
             os.unlink(tmp)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS and not isinstance(e, FileExistsError):
+            raise write_failed(target, e) from e
         raise
 
 

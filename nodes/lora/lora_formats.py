@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..io.byte_cache import ByteLRU, budget_from_env, tensor_bytes
+from ..io.checks import check_finite
 from ..io.errors import LoraLabError
 from ..io.safetensors_io import TensorSource
 from ..model.handle import FAMILY_LABELS
@@ -176,6 +177,8 @@ class _Cache:
             self.reads += 1
             src = TensorSource(path)
             sd = {k: src.get(k) for k in src.keys()}
+            for k, t in sd.items():  # a NaN/inf would reach the weights silently (a black image)
+                check_finite(t, path.name, k)
             return parse_state_dict(sd, src.metadata, name=path.name)
 
         return self.lru.get_or_load(key, load)
@@ -192,6 +195,8 @@ def read_lora(path: str | os.PathLike) -> RawLora:
     path = Path(path)
     if not path.exists():
         raise LoraLabError(f"{path}: file not found")
+    if not path.is_file():
+        raise LoraLabError(f"{path}: is a folder, not a LoRA file")
     return LORA_CACHE.get(path)
 
 
@@ -214,6 +219,32 @@ def _expected_shape(a: Adapter) -> tuple | None:
     return None
 
 
+def _flat(t: torch.Tensor) -> tuple:
+    """(rows, elements per row) of a factor."""
+    return t.shape[0], (t.numel() // t.shape[0]) if t.shape[0] else 0
+
+
+def delta_size(a: Adapter) -> tuple | None:
+    """(rows, elements) of ΔW for LoHa / LoKr / full diff, from the factors' shapes (None
+    where tucker factors make it not worth it); a ValueError when the factors disagree."""
+    t = a.tensors
+    if a.kind == "diff" and "diff" in t:
+        return t["diff"].shape[0], t["diff"].numel()
+    if a.kind == "loha" and "t1" not in t:
+        (o1, _), (_, i1) = _flat(t["w1a"]), _flat(t["w1b"])
+        (o2, _), (_, i2) = _flat(t["w2a"]), _flat(t["w2b"])
+        if (o1, i1) != (o2, i2):
+            raise ValueError(f"LoHa factors of two sizes ({o1}x{i1} and {o2}x{i2})")
+        return o1, o1 * i1
+    if a.kind == "lokr" and "t2" not in t:
+        sizes = []
+        for w, wa, wb in (("w1", "w1a", "w1b"), ("w2", "w2a", "w2b")):
+            sizes.append(_flat(t[w]) if w in t else (t[wa].shape[0], _flat(t[wb])[1]))
+        (o1, i1), (o2, i2) = sizes
+        return o1 * o2, o1 * i1 * o2 * i2
+    return None
+
+
 def match(raw: RawLora, index, modules: dict) -> Matched:
     """Resolve a parsed LoRA against a model's KeyIndex. `modules`: {(component, path): module}."""
     out: dict = {}
@@ -233,6 +264,16 @@ def match(raw: RawLora, index, modules: dict) -> Matched:
             if exp is not None and (exp[0] != rows or exp[1] != mod.weight.shape[1]):
                 mismatched.append(f"{name}: LoRA {tuple(exp)} vs layer {tuple(mod.weight.shape[:2])}")
                 continue
+            if exp is None and not t.rows and a.kind in ("loha", "lokr", "diff"):
+                try:
+                    size = delta_size(a)
+                except ValueError as e:
+                    mismatched.append(f"{name}: {e}")
+                    continue
+                if size is not None and size != (mod.weight.shape[0], mod.weight.numel()):
+                    mismatched.append(f"{name}: {a.kind} of {size[0]} rows / {size[1]} values vs layer "
+                                      f"{tuple(mod.weight.shape)}")
+                    continue
             out.setdefault(t, []).append(a)
     if raw.family_hint and raw.family_hint != index.family:
         raise WrongFamilyError(

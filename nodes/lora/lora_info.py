@@ -77,29 +77,67 @@ def tag_counts(metadata: dict) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
+SIDECAR_MAX_BYTES = 1 << 20  # a sidecar is notes: read at most this much of one
+
+
+def sidecar(path: Path, suffix: str, refused: list | None = None) -> Path | None:
+    """The sidecar `<stem><suffix>` of a LoRA file, when it is a file inside the loras folders
+    (a link that leads out is refused, and its name added to `refused`)."""
+    from ..io.paths import confined
+
+    side = path.with_name(path.stem + suffix)
+    try:
+        exists = side.is_file()
+    except (OSError, ValueError):
+        return None
+    if not exists:
+        return None
+    real = confined("loras", side)
+    if real is None:
+        log.warning("%s: refusing to read it: it leads outside the loras folders", side.name)
+        if refused is not None:
+            refused.append(side.name)
+    return real
+
+
+def read_text_head(path: Path, limit: int = SIDECAR_MAX_BYTES) -> str:
+    """The first `limit` bytes of a text file, decoded as UTF-8 (strict)."""
+    import codecs
+
+    with open(path, "rb") as f:  # final=False: a character cut at the limit is dropped, not an error
+        return codecs.getincrementaldecoder("utf-8")().decode(f.read(limit), final=False)
+
+
 def read_sidecars(path: Path) -> dict:
-    """A1111 `<stem>.json`, a `<stem>.txt` and civitai's `<stem>.civitai.info`, when present."""
+    """A1111 `<stem>.json`, a `<stem>.txt` and civitai's `<stem>.civitai.info`, when present
+    inside the loras folders."""
     out: dict = {}
-    side_json = path.with_suffix(".json")
-    if side_json.is_file():
+    refused: list = []
+    side_json = sidecar(path, ".json", refused)
+    if side_json is not None:
         try:
-            data = json.loads(side_json.read_text(encoding="utf-8"))
+            data = json.loads(read_text_head(side_json))
             out["json"] = {k: data[k] for k in SIDECAR_JSON_KEYS if isinstance(data, dict) and data.get(k) not in
                            (None, "")}
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             out["json_error"] = f"{side_json.name}: {e}"
-    side_txt = path.with_suffix(".txt")
-    if side_txt.is_file():
-        out["txt"] = side_txt.read_text(encoding="utf-8", errors="replace").strip()[:4000]
-    civitai = path.with_name(path.stem + ".civitai.info")
-    if civitai.is_file():
+    side_txt = sidecar(path, ".txt", refused)
+    if side_txt is not None:
         try:
-            data = json.loads(civitai.read_text(encoding="utf-8"))
+            out["txt"] = read_text_head(side_txt, 16000).strip()[:4000]
+        except (UnicodeDecodeError, OSError) as e:
+            out["txt_error"] = f"{side_txt.name}: {e}"
+    civitai = sidecar(path, ".civitai.info", refused)
+    if civitai is not None:
+        try:
+            data = json.loads(read_text_head(civitai))
             words = data.get("trainedWords") if isinstance(data, dict) else None
             if isinstance(words, list):
                 out["trained_words"] = [str(w) for w in words if str(w).strip()]
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             out["civitai_error"] = f"{civitai.name}: {e}"
+    if refused:
+        out["refused"] = refused
     return out
 
 

@@ -20,9 +20,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import notices
+from ..io.checks import STRENGTH_MAX, check_strength
 from ..io.errors import LoraLabError, NodeInputError
 from ..io.model_names import find_model_file
-from ..io.paths import LORA_EXTENSIONS
+from ..io.paths import LORA_EXTENSIONS, confined
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,8 @@ class StackEntry:
 
 
 def _num(value: str, node: str, line: str, input_name: str = "loras") -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise NodeInputError(node, input_name, line, f"{value!r} is not a number") from None
+    """A strength of the stack text or a prompt tag: a number within the one strength range."""
+    return check_strength(value.strip(), node, input_name, "strength", shown=line)
 
 
 def _split_args(items: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -86,7 +86,7 @@ def parse_tag(body: str, node: str, tag: str, input_name: str = "loras") -> Stac
     return StackEntry(positional[0], unet, te, named.get("lbw", ""), dyn)
 
 
-def parse_stack_text(text: str, node: str = "LoraLabLoraStack") -> list[StackEntry]:
+def parse_stack_text(text: str, node: str = "LoraLabLoraStack", input_name: str = "loras") -> list[StackEntry]:
     """Parse the multiline stack text; order is kept."""
     out = []
     for raw in (text or "").splitlines():
@@ -95,13 +95,13 @@ def parse_stack_text(text: str, node: str = "LoraLabLoraStack") -> list[StackEnt
             continue
         m = PROMPT_LORA.fullmatch(line)
         if m:
-            out.append(parse_tag(m.group(2), node, line))
+            out.append(parse_tag(m.group(2), node, line, input_name))
             continue
         name, *nums = line.split(":")
         if len(nums) > 2:
-            raise NodeInputError(node, "loras", line, "expected name[:unet_strength[:text_strength]]")
-        unet = _num(nums[0], node, line) if nums and nums[0].strip() else 1.0
-        text_s = _num(nums[1], node, line) if len(nums) > 1 and nums[1].strip() else unet
+            raise NodeInputError(node, input_name, line, "expected name[:unet_strength[:text_strength]]")
+        unet = _num(nums[0], node, line, input_name) if nums and nums[0].strip() else 1.0
+        text_s = _num(nums[1], node, line, input_name) if len(nums) > 1 and nums[1].strip() else unet
         out.append(StackEntry(name.strip(), unet, text_s))
     return out
 
@@ -140,8 +140,8 @@ def trigger_words(path: Path, metadata: dict, top: int = 10) -> str:
     phrase = metadata.get("modelspec.trigger_phrase")
     if phrase:
         words.append(phrase.strip())
-    side_json = path.with_suffix(".json")
-    if side_json.is_file():
+    side_json = confined("loras", path.with_suffix(".json"))  # None: absent, or a link out of the folder
+    if side_json is not None:
         try:
             act = json.loads(side_json.read_text(encoding="utf-8")).get("activation text", "")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
@@ -149,9 +149,9 @@ def trigger_words(path: Path, metadata: dict, top: int = 10) -> str:
             log.warning("%s: unreadable sidecar json", side_json.name)
         if act:
             words.append(act.strip())
-    side_txt = path.with_suffix(".txt")
-    if side_txt.is_file():
-        words.append(side_txt.read_text(encoding="utf-8", errors="replace").strip())
+    side_txt = confined("loras", path.with_suffix(".txt"))
+    if side_txt is not None:
+        words.append(side_txt.read_text(encoding="utf-8", errors="replace").strip()[:4000])
     words += civitai_trained_words(path)
     if not words and metadata.get("ss_tag_frequency"):
         try:
@@ -184,7 +184,7 @@ def _unet_only(handle, raw):
 
 
 def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "loras",
-              block_weights: str = "", text: bool = True) -> tuple:
+              block_weights: str = "", text: bool = True, strength_limit: float = STRENGTH_MAX) -> tuple:
     """A new handle with `entries` appended to its patches, plus the joined trigger words.
 
     Each LoRA is matched against the model now, so a LoRA for another family fails here with
@@ -201,6 +201,10 @@ def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "l
     except ValueError as e:
         raise NodeInputError(node, "block_weights", block_weights, str(e)) from None
     patches, triggers = list(handle.patches), []
+    for e in entries:  # LORA_STACK edges, sweeps and the Python API come here unchecked
+        for value, which in ((e.strength_unet, "UNet"), (e.strength_text, "text")):
+            check_strength(value, node, input_name, f"LoRA {e.name!r}: {which} strength", shown=e.name,
+                           limit=strength_limit)
     for e in entries:
         entry_bw = bw
         if e.block_weights:
@@ -221,8 +225,8 @@ def add_loras(handle, entries: list[StackEntry], node: str, input_name: str = "l
                                  f"no layer of this {handle.label} model matches the file "
                                  f"({report.total} layers, e.g. {list(report.unmatched[:3])})")
         if report.unmatched or raw.unknown_keys:
-            log.warning("%s: LoRA %r: %d of %d layers matched; unmatched: %s; unknown keys: %s", node, e.name,
-                        len(report.adapters), report.total, list(report.unmatched[:5]), list(raw.unknown_keys[:5]))
+            notices.warn(log, f"{node}: LoRA {e.name!r}: {len(report.adapters)} of {report.total} layers matched; "
+                              f"unmatched: {list(report.unmatched[:5])}; unknown keys: {list(raw.unknown_keys[:5])}")
         patches.append(LoraPatch(e.name, raw, e.strength_unet, e.strength_text, entry_bw))
         tw = trigger_words(path, raw.metadata)
         if tw:

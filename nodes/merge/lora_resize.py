@@ -18,6 +18,7 @@ import logging
 
 import torch
 
+from ..io.checks import check_finite
 from ..io.errors import LoraLabError
 from ..model.handle import held_below_fp32, is_skeleton
 from .lora_tools import LoraLayer, LoraSet, RankRule, layer_from_svd, product_svd
@@ -36,6 +37,8 @@ def resize_lora(lset: LoraSet, rule: RankRule) -> LoraSet:
                 layers[name] = lay
                 continue
             old_ranks.add(lay.rank)
+            for part, t in (("up", lay.up), ("down", lay.down)):  # an SVD of NaN/inf is a LinAlgError
+                check_finite(t, "the LoRA to resize", f"{name}.{part}")
             wshape = (lay.up.shape[0], *lay.down.shape[1:])
             u, s, vh = product_svd(lay.up.reshape(wshape[0], -1), lay.down.reshape(lay.rank, -1))
             k = rule.pick(s, lay.is_conv)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.checks import check_fits
 from ..io.destination import Destination
 from ..io.errors import CheckpointError
 from ..io.safetensors_stream import (
@@ -236,11 +237,14 @@ def _stream_items(handle, reader: RawReader, dtype) -> tuple[list, list]:
             return chunks if reader.dtype(key) == out_dtype else (c.to(out_dtype) for c in chunks)
         t = reader.read(key)  # a view of the reader's ring buffer
         if key not in simple:
-            return _patched_source_tensor(t, touched[key], want, mod_shapes).to(out_dtype)
+            merged = _patched_source_tensor(t, touched[key], want, mod_shapes)
+            check_fits(merged, out_dtype, reader.path.name, key)
+            return merged.to(out_dtype)
         s = touched[key][0]
         w = t if t.dtype == torch.float32 else work[: t.numel()].view(t.shape).copy_(t)
         w2 = w.view(mod_shapes[s.key])
         apply_entries(w2, want[s.key], s.key[2], out=w2)
+        check_fits(w, out_dtype, reader.path.name, key)  # before it is rounded or cast
         if out_dtype != t.dtype:  # a new tensor: `work` is reused by the next one
             return w.to(out_dtype, copy=True)
         return t if w is t else t.copy_(w)  # rounded back into the ring buffer it came from
@@ -306,6 +310,9 @@ def _module_items(handle, dtype) -> list:
         raise CheckpointError("this model's weights are not loaded and its source cannot be streamed")
     activate(handle)  # the shared modules now hold base + stack
     sd = ldm_state_dict(handle.family, handle.unet, handle.vae, handle.text_encoders)
+    name = Path(handle.source).name if handle.source else "the model"
+    for key, t in sd.items():
+        check_fits(t, dtype or t.dtype, name, key)
     if handle.prediction_type == "v_prediction":
         sd["v_pred"] = torch.tensor([])  # ComfyUI's marker, as checkpoint_save writes it
     return state_dict_items(sd, dtype)

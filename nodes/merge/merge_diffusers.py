@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.checks import check_fits
 from ..io.destination import Destination
 from ..io.safetensors_stream import state_dict_items, write_stream
 
@@ -28,6 +29,14 @@ def _text_state(model, keep_layers: int) -> dict:
     sd = canonical_clip_state_dict(model)
     return {k: v for k, v in sd.items()
             if not (k.startswith("text_model.encoder.layers.") and int(k.split(".")[3]) >= keep_layers)}
+
+
+def _checked(sd: dict, dtype, where: str) -> dict:
+    """`sd` once every tensor is finite and fits the written dtype (a huge strength in fp16
+    would write inf)."""
+    for key, t in sd.items():
+        check_fits(t, dtype or t.dtype, where, key)
+    return sd
 
 
 def write_diffusers(handle, dest: Destination, dtype, make_metadata) -> Path:
@@ -45,7 +54,7 @@ def write_diffusers(handle, dest: Destination, dtype, make_metadata) -> Path:
                                   ("vae", handle.vae, {"format": "pt"})):
             model.save_config(tmp / name)
             write_stream(tmp / name / "diffusion_pytorch_model.safetensors",
-                         state_dict_items(model.state_dict(), dtype), meta)
+                         state_dict_items(_checked(model.state_dict(), dtype, name), dtype), meta)
         dropped = handle.text_layers_dropped
         names = ("text_encoder", "text_encoder_2") if sdxl else ("text_encoder",)
         toks = ("tokenizer", "tokenizer_2") if sdxl else ("tokenizer",)
@@ -57,7 +66,8 @@ def write_diffusers(handle, dest: Destination, dtype, make_metadata) -> Path:
             (tmp / name).mkdir()
             config = type(enc.config)(**dict(cfg, num_hidden_layers=keep))
             config.save_pretrained(tmp / name)
-            write_stream(tmp / name / "model.safetensors", state_dict_items(_text_state(enc, keep), dtype),
+            write_stream(tmp / name / "model.safetensors",
+                         state_dict_items(_checked(_text_state(enc, keep), dtype, name), dtype),
                          {"format": "pt"})
             tok.save_pretrained(tmp / tname)
         (tmp / "scheduler").mkdir()

@@ -190,11 +190,15 @@ def load_single_file(path: str | os.PathLike, dtype=torch.float32, device="cpu")
     rename, gets a new mtime: the cache then loads it again.)
     """
     src = TensorSource(path)
-    conv = convert_single_file(src.get, src.shapes, src.metadata)
-    if conv.unused_keys:
-        log.warning("%s: %d keys not used by any component, e.g. %s", Path(path).name,
-                    len(conv.unused_keys), conv.unused_keys[:5])
-    comps = build_components(conv, dtype=dtype, device=device, own=src.memory_mapped)
+    try:
+        conv = convert_single_file(src.get, src.shapes, src.metadata)
+        if conv.unused_keys:
+            log.warning("%s: %d keys not used by any component, e.g. %s", Path(path).name,
+                        len(conv.unused_keys), conv.unused_keys[:5])
+        comps = build_components(conv, dtype=dtype, device=device, own=src.memory_mapped)
+    except KeyError as e:  # the layout's tables name a tensor the file lacks
+        raise CheckpointError(f"{Path(path).name}: tensor {e.args[0]!r} is missing: an incomplete or damaged "
+                              "checkpoint (or a layout this loader does not know)") from None
     markers = sampling_markers(src, conv)
     return ModelHandle(
         family=conv.family,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io.checks import check_strength
 from ..io.errors import NodeInputError
 
 NODE = "LoraLabStrengthSweep"
@@ -84,15 +85,23 @@ class SweepPlan:
                                  f"{cells} images; a sweep makes at most {MAX_CELLS}")
 
 
+def _strengths(text: str, input_name: str) -> tuple:
+    """parse_values, each value within the one strength range (io.checks)."""
+    values = parse_values(text, float, input_name)
+    for v in values:
+        check_strength(v, NODE, input_name, shown=text)
+    return values
+
+
 def make_plan(lora_name: str, strengths: str, axis2: str = "none", lora2_name: str | None = None,
               values2: str = "") -> SweepPlan:
-    cols = parse_values(strengths, float, "strengths")
+    cols = _strengths(strengths, "strengths")
     if axis2 == "none":
         return SweepPlan(lora_name, cols)
     if axis2 == "lora strengths":
         if not lora2_name or lora2_name == NO_LORA:
             raise NodeInputError(NODE, "lora2_name", lora2_name, "axis2 'lora strengths' needs a second LoRA")
-        return SweepPlan(lora_name, cols, axis2, lora2_name, parse_values(values2, float, "values2"))
+        return SweepPlan(lora_name, cols, axis2, lora2_name, _strengths(values2, "values2"))
     if axis2 == "seeds":
         return SweepPlan(lora_name, cols, axis2, None, parse_values(values2, int, "values2"))
     raise NodeInputError(NODE, "axis2", axis2, f"expected one of {AXIS2_CHOICES}")

@@ -48,6 +48,23 @@ class SampleSettings:
             raise NodeInputError(NODE, "batch_size", self.batch_size, "must be at least 1")
         if self.clip_skip < 0:
             raise NodeInputError(NODE, "clip_skip", self.clip_skip, "must be 0 (model default) or more")
+        if isinstance(self.cfg, bool) or not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg):
+            raise NodeInputError(NODE, "cfg", self.cfg, "must be a finite number")
+        for name in ("prompt", "negative_prompt"):
+            check_text(getattr(self, name), NODE, name)
+
+
+def check_text(text, node: str, input_name: str) -> None:
+    """A prompt must be a str of valid Unicode: a lone surrogate (from a broken paste or a
+    JSON "\\ud800") has no UTF-8 form and makes the tokenizer fail with a TypeError."""
+    if not isinstance(text, str):
+        raise NodeInputError(node, input_name, type(text).__name__, "expected text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise NodeInputError(node, input_name, text[max(0, e.start - 20):e.end + 20],
+                             f"holds a lone surrogate U+{ord(text[e.start]):04X} at character {e.start}, "
+                             "which is not text (re-type or re-paste it)") from None
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,48 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# One line per field: the `lora-lab train --help` text (the defaults are added from the fields).
+FIELD_HELP = {
+    "dataset_dir": "folder of images (+ same-name .txt/.caption files) or of <repeats>_<class tokens> sub-folders",
+    "output_name": "name of the LoRA file written to the loras folder (e.g. my_style)",
+    "steps": "optimizer steps to train",
+    "rank": "LoRA rank (network dim)",
+    "alpha": "LoRA alpha (the scale is alpha / rank)",
+    "learning_rate": "learning rate of the UNet's LoRA layers",
+    "batch_size": "images per step (each batch is one bucket)",
+    "resolution": "training resolution (buckets have an area of at most resolution^2; a multiple of 8)",
+    "seed": "seed of the noise, the batch order and the LoRA's initial weights",
+    "text_encoder_lr": "learning rate of the text encoder(s); 0 keeps them frozen (their outputs are cached)",
+    "target": "layers to train: attention, attention+ff (kohya's default) or attention+ff+conv (LoCon)",
+    "conv_rank": "rank of the 3x3 conv layers with target attention+ff+conv (0 = rank)",
+    "conv_alpha": "alpha of the 3x3 conv layers (0 = alpha)",
+    "optimizer": "adamw; adamw8bit needs bitsandbytes, prodigy needs prodigyopt",
+    "weight_decay": "AdamW weight decay",
+    "lr_scheduler": "learning-rate schedule after the warmup",
+    "lr_warmup_steps": "steps of linear warmup",
+    "gradient_accumulation": "micro-batches per optimizer step",
+    "max_grad_norm": "gradient clipping norm (0 = no clipping)",
+    "mixed_precision": "autocast dtype (the LoRA weights stay fp32)",
+    "gradient_checkpointing": "recompute activations in the backward pass (less memory, slower)",
+    "min_snr_gamma": "min-SNR loss weighting gamma (0 = off; 5 is the paper's value)",
+    "noise_offset": "noise offset (brighter/darker images; 0 = off)",
+    "caption_dropout": "probability of training a sample on the empty caption",
+    "shuffle_caption": "shuffle the comma-separated tags of each caption",
+    "keep_tokens": "leading tags kept in place when shuffling",
+    "clip_skip": "text-encoder layer to use (0 = the family's default; A1111 terms)",
+    "enable_bucket": "aspect-ratio buckets (off: every image is cropped to resolution x resolution)",
+    "save_every": "also write <name>-step<N>.safetensors every N steps (0 = off)",
+    "sample_every": "render sample_prompt every N steps (0 = off)",
+    "sample_prompt": "prompt of the samples rendered during training",
+    "sample_steps": "sampling steps of those samples",
+    "resume": "a state folder of an earlier run, or 'last' for this output name's ('' = start fresh)",
+    "save_dtype": "dtype of the saved LoRA",
+    "overwrite": "replace an existing LoRA file of that name",
+    "training_comment": "text stored as ss_training_comment in the file",
+    "use_accelerate": "use accelerate when it is installed",
+}
+
+
 def lr_factor(cfg: TrainConfig, step: int) -> float:
     """Multiplier of the base learning rates for optimizer step `step` (0-based), with warmup.
 

@@ -71,7 +71,13 @@ def _read_caption(image: Path) -> str | None:
     for ext in CAPTION_EXTENSIONS:
         side = image.with_suffix(ext)
         if side.is_file():
-            text = side.read_text(encoding="utf-8", errors="replace").strip()
+            try:  # utf-8-sig: Windows editors' BOM is not part of the first tag
+                text = side.read_text(encoding="utf-8-sig").strip()
+            except UnicodeDecodeError as e:  # latin-1 / cp1252 captions would train on "caf\ufffd"
+                raise NodeInputError(NODE, "dataset_dir", str(side),
+                                     f"caption is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                                     f"{e.start}: {e.object[max(0, e.start - 12):e.end + 12]!r}); "
+                                     "save it as UTF-8") from None
             return text.splitlines()[0].strip() if text else ""
     return None
 
@@ -82,6 +88,8 @@ def _image_size(path: Path) -> tuple:
     try:
         with Image.open(path) as im:
             return im.size
+    except Image.DecompressionBombError as e:
+        raise NodeInputError(NODE, "dataset_dir", str(path), f"image too large to decode safely ({e})") from None
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise NodeInputError(NODE, "dataset_dir", str(path), f"unreadable image ({e})") from None
 
@@ -168,6 +176,8 @@ def load_image(item: ImageItem) -> tuple[torch.Tensor, tuple]:
             left, top = (w - bw) // 2, (h - bh) // 2
             im = im.crop((left, top, left + bw, top + bh))
             arr = np.asarray(im, dtype=np.float32)  # [h, w, 3] 0..255
+    except Image.DecompressionBombError as e:
+        raise NodeInputError(NODE, "dataset_dir", str(item.path), f"image too large to decode safely ({e})") from None
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise NodeInputError(NODE, "dataset_dir", str(item.path), f"unreadable image ({e})") from None
     x = torch.from_numpy(arr.copy()).permute(2, 0, 1) / 127.5 - 1.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -139,6 +140,20 @@ def write_lora(path: Path, network, cfg, handle, dataset, run: dict, step: int, 
 
 
 # ---------------------------------------------------------------------------- loss curve
+def moving_average(vals: list[float]) -> tuple[int, list[float]]:
+    """(window, trailing means): a window of n/20 steps, at least 10 (all of a short run),
+    so the smoothed value is never just the last loss."""
+    n = len(vals)
+    k = min(n, max(10, n // 20))
+    out, total = [], 0.0
+    for i, v in enumerate(vals):
+        total += v
+        if i >= k:
+            total -= vals[i - k]
+        out.append(total / min(i + 1, k))
+    return k, out
+
+
 def loss_curve_image(losses: list[float], width: int = 512, height: int = 256) -> torch.Tensor:
     """IMAGE [1, H, W, 3] in 0..1: per-step loss (grey) and its moving average (blue), log-free axes."""
     import numpy as np
@@ -148,7 +163,7 @@ def loss_curve_image(losses: list[float], width: int = 512, height: int = 256) -
     d = ImageDraw.Draw(im)
     left, right, top, bottom = 48, width - 8, 8, height - 20
     d.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-    vals = [float(v) for v in losses if v == v]  # drop NaNs
+    vals = [float(v) for v in losses if math.isfinite(float(v))]  # drop NaN/inf (a diverged step)
     if vals:
         lo, hi = min(vals), max(vals)
         span = (hi - lo) or 1.0
@@ -158,8 +173,7 @@ def loss_curve_image(losses: list[float], width: int = 512, height: int = 256) -
             x = left + (right - left) * (i / max(1, n - 1))
             return x, bottom - (bottom - top) * ((v - lo) / span)
 
-        k = max(1, n // 20)
-        avg = [sum(vals[max(0, i - k + 1):i + 1]) / len(vals[max(0, i - k + 1):i + 1]) for i in range(n)]
+        k, avg = moving_average(vals)
         if n > 1:
             d.line([pt(i, v) for i, v in enumerate(vals)], fill=(170, 170, 170), width=1)
             d.line([pt(i, v) for i, v in enumerate(avg)], fill=(30, 90, 200), width=2)
@@ -168,7 +182,8 @@ def loss_curve_image(losses: list[float], width: int = 512, height: int = 256) -
             d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(30, 90, 200))
         d.text((2, top), f"{hi:.4g}", fill=(0, 0, 0))
         d.text((2, bottom - 10), f"{lo:.4g}", fill=(0, 0, 0))
-        d.text((left, bottom + 4), f"loss, {n} steps (last {vals[-1]:.4g}, avg {avg[-1]:.4g})", fill=(0, 0, 0))
+        d.text((left, bottom + 4), f"loss, {n} steps (last {vals[-1]:.4g}, mean of last {k} {avg[-1]:.4g})",
+               fill=(0, 0, 0))
     else:
         d.text((left + 8, top + 8), "no loss recorded", fill=(0, 0, 0))
     arr = np.asarray(im, dtype=np.float32) / 255.0

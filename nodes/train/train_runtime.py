@@ -17,7 +17,6 @@ import importlib.util
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -178,10 +177,11 @@ def available_optimizers() -> list[str]:
 def save_state(folder: Path, network, optimizer, step: int, losses: list, cfg) -> Path:
     """Write the state folder atomically: a temp folder beside it, then renamed over it."""
     from ..io.safetensors_write import save_safetensors
+    from ..io.temp_files import new_temp
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = new_temp(folder.parent, folder.name, is_dir=True)
     try:
         save_safetensors(network.trainable_state(), tmp / "lora_state.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -202,26 +202,46 @@ def save_state(folder: Path, network, optimizer, step: int, losses: list, cfg) -
 
 def load_state(folder: Path, network, optimizer, cfg) -> tuple[int, list]:
     """Restore a state folder into `network` and `optimizer`; returns (step, losses)."""
+    import pickle
+
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
     info_path = folder / "train_state.json"
     if not info_path.is_file():
         raise NodeInputError(NODE, "resume", str(folder), "not a training state folder (no train_state.json)")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NodeInputError(NODE, "resume", str(folder), f"unreadable train_state.json ({e})") from None
+    if not isinstance(info, dict):
+        raise NodeInputError(NODE, "resume", str(folder), "train_state.json does not hold a JSON object")
+    step, losses = info.get("step"), info.get("losses", [])
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise NodeInputError(NODE, "resume", str(folder), f"train_state.json: 'step' = {step!r}, not a step count")
+    if not isinstance(losses, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                               for x in losses):
+        raise NodeInputError(NODE, "resume", str(folder), "train_state.json: 'losses' is not a list of numbers")
     if info.get("version") != STATE_VERSION:
         raise NodeInputError(NODE, "resume", str(folder), f"state version {info.get('version')!r} is not supported")
     theirs, ours = info.get("structure", {}), cfg.structure()
+    if not isinstance(theirs, dict):
+        theirs = {}
     diff = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
     if diff:
         raise NodeInputError(NODE, "resume", str(folder), f"the state was made with other settings "
                              f"(setting: (state, now)) {diff}")
-    if info["step"] > cfg.steps:
-        raise NodeInputError(NODE, "steps", cfg.steps, f"the state is already at step {info['step']}")
+    if step > cfg.steps:
+        raise NodeInputError(NODE, "steps", cfg.steps, f"the state is already at step {step}")
     try:
         network.load_trainable_state(load_file(str(folder / "lora_state.safetensors")))
-    except ValueError as e:
-        raise NodeInputError(NODE, "resume", str(folder), str(e)) from None
-    opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(opt)
-    return int(info["step"]), list(info.get("losses", []))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # corrupt/truncated, or another network
+        raise NodeInputError(NODE, "resume", str(folder), f"lora_state.safetensors: {e}") from None
+    try:  # weights_only: a hostile pickle is refused, never run
+        opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(opt)
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise NodeInputError(NODE, "resume", str(folder), f"optimizer.pt: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:300] if str(e) else 'unreadable'}") from None
+    return step, [float(x) for x in losses]

@@ -54,7 +54,7 @@ def test_never_overwrites(out):
     res = LoraLabSaveImage().save(torch.zeros(1, 8, 8, 3), "x/a")
     assert res["ui"]["images"][0]["filename"] == "a_00008_.png"
     assert (out / "x" / "a_00001_.png").read_bytes() == b"keep"
-    assert not [p for p in (out / "x").iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in (out / "x").iterdir() if p.name.endswith((".tmp", ".lora-lab-tmp"))]
 
 
 @pytest.mark.parametrize("prefix", ["../evil", "/abs/x", "a/../../b", "dir/"])

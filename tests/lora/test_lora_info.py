@@ -184,6 +184,51 @@ def test_routes(monkeypatch, loras):
         asyncio.run(go())
 
 
+def test_symlinked_sidecars_out_of_the_folder_are_refused(monkeypatch, loras, h):
+    """A LoRA inside the folder whose .txt / .json / .civitai.info sidecars are links to files
+    outside: the route (and the node's trigger words) never return those files' contents."""
+    web = pytest.importorskip("aiohttp.web")
+    from aiohttp.test_utils import TestClient, TestServer
+    from lora_lab.nodes.defs.node_defs import LoraLabLoraLoader
+
+    secret = loras.parent.parent / "secret.txt"
+    secret.write_text("TOP-SECRET password=hunter2")
+    secret_json = loras.parent.parent / "secret.json"
+    secret_json.write_text(json.dumps({"activation text": "TOP-SECRET json", "notes": "TOP-SECRET"}))
+    save_file(kohya(h, rank=2, seed=9), loras / "leaky.safetensors")
+    (loras / "leaky.txt").symlink_to(secret)
+    (loras / "leaky.json").symlink_to(secret_json)
+    (loras / "leaky.civitai.info").symlink_to(secret_json)
+    (loras / "inner.txt").write_text("a note inside the folder")
+    save_file(kohya(h, rank=2, seed=10), loras / "linked.safetensors")
+    (loras / "linked.txt").symlink_to(loras / "inner.txt")  # a link that stays inside is fine
+
+    code, body = server_routes.info_response("leaky.safetensors")
+    assert code == 200 and "TOP-SECRET" not in json.dumps(body)
+    assert sorted(body["sidecars"]["refused"]) == ["leaky.civitai.info", "leaky.json", "leaky.txt"]
+    code, body = server_routes.info_response("linked.safetensors")
+    assert code == 200 and body["sidecars"]["txt"] == "a note inside the folder"
+    _, words = LoraLabLoraLoader().load(h, "leaky.safetensors", 1.0, 1.0)
+    assert "TOP-SECRET" not in words
+
+    ps = FakePromptServer(web.RouteTableDef())
+    monkeypatch.setattr(server_routes, "_registered", False)
+    server_routes.register_routes(ps)
+
+    async def go():
+        app = web.Application()
+        app.add_routes(ps.routes)
+        async with TestClient(TestServer(app)) as client:
+            r = await client.get("/lora_lab/info", params={"name": "leaky.safetensors"})
+            assert r.status == 200 and "TOP-SECRET" not in await r.text()
+            for bad in ("a\0b.safetensors", "x" * 5000 + ".safetensors", "x" * 5000, "\udcff.safetensors"):
+                r = await client.get("/lora_lab/info", params={"name": bad})
+                assert 400 <= r.status < 500 and (await r.json())["error"], (bad[:20], r.status)
+
+    with paths.standalone_dirs(loras.parent, loras.parent.parent / "out"):
+        asyncio.run(go())
+
+
 # ------------------------------------------------------------------------------ editor ↔ Python
 def test_stack_text_cases_shared_with_the_js_editor():
     """js/tests/stack_cases.json: the rows editor (js/lib/stack_text.mjs) must read the Stack
