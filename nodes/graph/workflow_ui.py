@@ -82,6 +82,9 @@ class Graph:
         for n in data.get("nodes") or []:
             if not isinstance(n, dict) or "id" not in n or "type" not in n:
                 raise WorkflowError(f"{where}: malformed node {str(n)[:120]}")
+            if n["id"] in nodes:  # the editor never saves two; a hand-edited file must not run "last one wins"
+                raise WorkflowError(f"{where}: duplicate node id {n['id']!r} ({nodes[n['id']]['type']} and "
+                                    f"{n['type']})")
             nodes[n["id"]] = n
         raw_links = data.get("links") or []
         if isinstance(raw_links, dict):
@@ -228,9 +231,12 @@ class Converter:
     def _resolve_from_instance(self, inst: Exec, sub_slot: int, visited: set, type_):
         sub_inputs = inst.subgraph.inputs
         name = sub_inputs[sub_slot].get("name") if sub_slot < len(sub_inputs) else None
-        idx = next((i for i, s in enumerate(inst.inputs) if name is not None and s.get("name") == name), sub_slot)
-        if idx >= len(inst.inputs):
-            return None
+        # By name only, as the frontend pairs them: an instance whose saved inputs lack the name has
+        # nothing wired there (a positional guess would wire some other, linked input).
+        idx = next((i for i, s in enumerate(inst.inputs) if name is not None and s.get("name") == name), None)
+        if idx is None:
+            promoted = self.promoted_values(inst)
+            return ("value", promoted[name]) if name in promoted else None
         if inst.inputs[idx].get("link") is None:
             promoted = self.promoted_values(inst)
             return ("value", promoted[name]) if name in promoted else None

@@ -317,3 +317,27 @@ def test_apply_assignments_converts_by_input_type():
         apply_assignments(api, [Assignment("3", "sed", "1")], REG)
     with pytest.raises(NodeInputError, match="takes a link"):
         apply_assignments(api, [Assignment("3", "model", "1")], REG)
+
+
+def test_subgraph_inputs_pair_by_name_not_position():
+    """An instance whose saved inputs lack a subgraph input's name leaves the inner widget alone
+    (the old positional fallback wired the instance's linked model input into 'strength')."""
+    ui = fixture("ui_subgraph.json")
+    sg = ui["definitions"]["subgraphs"][0]
+    sg["inputs"] = sg["inputs"][::-1]  # [strength, model]
+    for lk in sg["links"]:
+        if lk["origin_id"] == -10:
+            lk["origin_slot"] = 1 - lk["origin_slot"]
+    inst = next(n for n in ui["nodes"] if n["id"] == 2)
+    inst["inputs"] = [i for i in inst["inputs"] if i["name"] == "model"]
+    inst["widgets_values"] = []
+    api = convert(ui)
+    assert api["2:1"]["inputs"]["strength"] == 1.0  # the inner node's own value, not ['1', 0]
+    assert api["2:1"]["inputs"]["model"] == ["1", 0]
+
+
+def test_duplicate_node_ids_are_a_named_error():
+    ui = fixture("ui_subgraph.json")
+    ui["nodes"].append(dict(ui["nodes"][0], type="FakeSampler"))
+    with pytest.raises(WorkflowError, match="duplicate node id 1 \\(FakeLoader and FakeSampler\\)"):
+        convert(ui)
