@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 
 from lora_lab.nodes.demo import demo, demo_lora
 from lora_lab.nodes.cli.main import main
-from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS
+from lora_lab.nodes.defs.runner_registry import RUNNER_CLASS_MAPPINGS as NODE_CLASS_MAPPINGS
 from lora_lab.nodes.graph.workflow import load_workflow
-from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY, NODE_DISPLAY_NAME_MAPPINGS as NAMES
+from lora_lab.nodes.defs.runner_registry import RUNNER_CLASS_MAPPINGS as REGISTRY, RUNNER_DISPLAY_NAME_MAPPINGS as NAMES
 from lora_lab.nodes.graph.workflow_widgets import widget_specs, widget_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,12 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 # one example per capability (issue 7); merge/train examples join when their nodes exist
 CAPABILITIES = {"lora_txt2img.json": "LoraLabLoraLoader", "lora_stack.json": "LoraLabLoraStack",
                 "strength_sweep.json": "LoraLabStrengthSweep", "merge_checkpoint.json": "LoraLabMergeToCheckpoint",
-                "train_then_sample.json": "LoraLabTrainLora"}
+                "train_then_sample.json": "LoraLabTrainLora",
+                # issue 13: ComfyUI's own graphs (core node ids) and ours for img2img, inpainting, hires fix
+                "core_txt2img.json": "KSampler", "core_lora_txt2img.json": "LoraLoader",
+                "core_img2img.json": "VAEEncode", "core_inpaint.json": "SetLatentNoiseMask",
+                "core_hires_fix.json": "LatentUpscale", "img2img.json": "LoadImage", "inpaint.json": "LoadImage",
+                "hires_fix.json": "LatentUpscaleBy"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,7 @@ def dataset_overrides(prompt: dict, models: Path) -> list[str]:
 def run_json(capsys, graph: Path, models: Path, out: Path) -> dict:
     sets = [a for s in dataset_overrides(load_workflow(graph, REGISTRY, NAMES).prompt, models) for a in ("--set", s)]
     code = main(["run", str(graph), "--models-dir", str(models), "--output-dir", str(out), "--json", "--quiet",
-                 *sets])
+                 "--input-dir", str(models / "input"), *sets])
     summary = json.loads(capsys.readouterr().out)
     assert code == 0, json.dumps(summary["runs"], indent=1)[:3000]
     return summary

@@ -9,17 +9,24 @@ log = logging.getLogger(__name__)
 
 
 def _input_images():
+    from ..demo.demo_image import DEMO_IMAGE
     from ..io.paths import IMAGE_EXTENSIONS, list_names
 
-    return list_names("input", IMAGE_EXTENSIONS)
+    names = list_names("input", IMAGE_EXTENSIONS)
+    if DEMO_IMAGE not in names:
+        names.append(DEMO_IMAGE)  # written on first use
+    return names
 
 
 def _input_path(node: str, image: str):
+    from ..demo.demo_image import DEMO_IMAGE, ensure_demo_image
     from ..io.errors import LoraLabError, NodeInputError
     from ..io.paths import resolve
 
-    name = image.rsplit(" [", 1)[0] if image.endswith(("[input]", "[output]", "[temp]")) else image  # annotated
+    name = image.removesuffix(" [input]")  # ComfyUI's annotated name for the input folder
     try:
+        if name == DEMO_IMAGE:
+            ensure_demo_image()
         return resolve("input", name)
     except LoraLabError as e:
         raise NodeInputError(node, "image", image, str(e)) from None

@@ -92,10 +92,12 @@ class Problem:
 class GraphValidationError(LoraLabError):
     """The graph cannot run; `problems` lists every reason found."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], supported=None):
         self.problems = list(problems)
         lines = [f"graph failed validation ({len(self.problems)} problem{'s' * (len(self.problems) != 1)}):"]
         lines += [f"  - {p}" for p in self.problems]
+        if supported and any(p.kind in ("comfyui_only", "unknown_node_type") for p in self.problems):
+            lines.append("  the headless runner runs these node types: " + ", ".join(sorted(supported, key=str.lower)))
         super().__init__("\n".join(lines))
 
 
@@ -155,14 +157,22 @@ class _Validator:
             class_type = node["class_type"]
             if class_type in self.registry:
                 continue
-            if class_type in COMFYUI_ONLY_NODES:
-                self.problem("comfyui_only", f"{class_type} is a ComfyUI core node; only ComfyUI can run it "
-                             "(queue this graph in ComfyUI, or use the LoRA Lab equivalent)", node_id)
-                continue
-            if class_type in COMFYUI_TYPED_NODES:
-                self.problem("comfyui_only", f"{class_type} works on ComfyUI's MODEL / CLIP objects; only ComfyUI "
-                             "can run it (queue this graph in ComfyUI, or use the LORA_LAB_MODEL nodes)", node_id)
-                continue
+            self.unsupported(node_id, class_type)
+
+    def unsupported(self, node_id, class_type: str) -> None:
+        from .known_packs import pack_of
+
+        if class_type in COMFYUI_TYPED_NODES:
+            self.problem("comfyui_only", f"{class_type} works on ComfyUI's MODEL / CLIP objects; only ComfyUI can run "
+                         "it (queue this graph in ComfyUI, or use the runner's LoraLoader / LORA_LAB_MODEL nodes)",
+                         node_id)
+        elif class_type in COMFYUI_ONLY_NODES:
+            self.problem("comfyui_only", f"{class_type} is a ComfyUI core node the headless runner does not run "
+                         "(queue this graph in ComfyUI, or rebuild it from the node types listed below)", node_id)
+        elif pack_of(class_type):
+            self.problem("unknown_node_type", f"{class_type} comes from the custom node pack {pack_of(class_type)}; "
+                         "the headless runner does not run other packs' nodes (run this graph in ComfyUI)", node_id)
+        else:
             close = difflib.get_close_matches(class_type, list(self.registry), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             self.problem("unknown_node_type", f"unknown node type {class_type!r}{hint}", node_id)
@@ -380,5 +390,5 @@ def validate_graph(prompt: dict, registry: dict) -> ValidatedGraph:
         v.check_node(nid)
     order = v.execution_order(outputs)
     if v.problems:
-        raise GraphValidationError(v.problems)
+        raise GraphValidationError(v.problems, supported=registry)
     return ValidatedGraph(v.prompt, outputs, order, registry)

@@ -153,7 +153,8 @@ def test_validation_errors_go_to_stderr(tmp_path, out, capsys):
     bad["2"]["inputs"]["lora_name"] = "nope.safetensors"
     assert run(write(tmp_path / "bad.json", bad), out_dir=out) == 1
     err = capsys.readouterr().err
-    assert "KSampler is a ComfyUI core node; only ComfyUI can run it" in err
+    assert "KSampler is a ComfyUI core node the headless runner does not run" in err
+    assert "the headless runner runs these node types: " in err
     assert "node 2 \"Style LoRA\" (FakeLora) input 'lora_name' = 'nope.safetensors'" in err
     assert fakes.CALLS == []
 

@@ -53,7 +53,20 @@ def test_unknown_node_type_with_a_suggestion(api):
 def test_comfyui_core_nodes_are_reported_as_such(api):
     api["5"] = {"class_type": "KSampler", "inputs": {}, "_meta": {"title": "KSampler"}}
     p = only(api)
-    assert p.kind == "comfyui_only" and p.node_id == "5" and "only ComfyUI can run it" in str(p)
+    assert p.kind == "comfyui_only" and p.node_id == "5" and "the headless runner does not run" in str(p)
+    with pytest.raises(GraphValidationError, match="the headless runner runs these node types: .*FakeLoader, FakeLora"):
+        validate_graph(api, REG)
+
+
+def test_third_party_and_comfyui_only_lora_lab_nodes_name_their_origin(api):
+    api["5"] = {"class_type": "IPAdapterAdvanced", "inputs": {}}
+    api["6"] = {"class_type": "Power Lora Loader (rgthree)", "inputs": {}}
+    api["7"] = {"class_type": "LoraLabLoraLoaderModelClip", "inputs": {}}
+    with pytest.raises(GraphValidationError) as e:
+        validate_graph(api, REG)
+    text = {p.node_id: p.message for p in e.value.problems}
+    assert "custom node pack ComfyUI_IPAdapter_plus" in text["5"] and "rgthree-comfy" in text["6"]
+    assert "only ComfyUI can run it" in text["7"] and "MODEL / CLIP" in text["7"]
 
 
 def test_missing_required_input(api):
