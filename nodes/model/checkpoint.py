@@ -178,15 +178,30 @@ def load_single_file(path: str | os.PathLike, dtype=torch.float32, device="cpu")
         log.warning("%s: %d keys not used by any component, e.g. %s", Path(path).name,
                     len(conv.unused_keys), conv.unused_keys[:5])
     comps = build_components(conv, dtype=dtype, device=device)
+    markers = sampling_markers(src, conv)
     return ModelHandle(
         family=conv.family,
-        prediction_type=conv.prediction_type,
+        prediction_type=markers.pop("prediction_type", conv.prediction_type),
         unet=comps["unet"],
         vae=comps["vae"],
         text_encoders=comps["text_encoders"],
         tokenizers=tokenizers_for(conv.family),
         source=str(path),
+        **markers,
     )
+
+
+def sampling_markers(src, conv: Converted) -> dict:
+    """ComfyUI's SDXL model_type rules: edm_vpred.* keys -> EDM v-prediction (sigma_min defaults to
+    0.002, sigma_max to 120); otherwise `ztsnr` with `v_pred` -> zero terminal SNR."""
+    if conv.family != "sdxl":
+        return {}
+    if "edm_vpred.sigma_max" in src.shapes:
+        lo = float(src.get("edm_vpred.sigma_min").item()) if "edm_vpred.sigma_min" in src.shapes else 0.002
+        return {"edm_vpred": (lo, float(src.get("edm_vpred.sigma_max").item())), "prediction_type": "v_prediction"}
+    if "v_pred" in src.shapes and "ztsnr" in src.shapes:
+        return {"zsnr": True}
+    return {}
 
 
 def load_diffusers_folder(folder: str | os.PathLike, dtype=torch.float32, device="cpu") -> ModelHandle:

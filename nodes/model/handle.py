@@ -40,6 +40,10 @@ class ModelHandle:
     # diffusers' SD 2.x folders drop the text encoder's last layer (they only ever need the
     # penultimate one); clip skip counts from the full tower, so it is shifted by this much.
     text_layers_dropped: int = 0
+    # Sampling markers ComfyUI honours (SDXL v-prediction checkpoints): `ztsnr` = zero terminal SNR;
+    # `edm_vpred.sigma_min/max` = EDM v-prediction (CosXL), kept as (sigma_min, sigma_max).
+    zsnr: bool = False
+    edm_vpred: tuple | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:

@@ -30,7 +30,7 @@ import torch
 
 from ..io.errors import NodeInputError
 from .samplers import prepare_noise, sample
-from .schedules import DiscreteSchedule, get_sigmas
+from .schedules import DiscreteSchedule, get_sigmas, schedule_for
 
 UNSUPPORTED_COND_KEYS = ("mask", "control", "gligen", "hooks")
 FUZZ = 8  # feathered rows at an area's inner edges (ComfyUI's get_area_and_mult)
@@ -327,7 +327,7 @@ def ksampler(handle, s: KSamplerSettings, positive, negative, latent: dict, call
         noise = prepare_noise_indexed(shape, s.seed, latent.get("batch_index"))
     else:
         noise = torch.zeros(shape)
-    schedule = DiscreteSchedule(handle.prediction_type)
+    schedule = schedule_for(handle)
     sigmas = ksampler_sigmas(schedule, s)
     if sigmas is None or sigmas.shape[-1] == 0:
         return {**latent, "samples": latent["samples"]}

@@ -41,6 +41,31 @@ class OptionalDependencyError(LoraLabError, ImportError):
     """A feature needs a package that is an optional dependency of lora-lab."""
 
 
+class UnsupportedModelError(LoraLabError):
+    """A checkpoint whose sampling the runner cannot reproduce."""
+
+
+def rescale_zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
+    """Lin et al.'s zero-terminal-SNR rescale of sqrt(alpha_bar), in sigma terms (ComfyUI's
+    rescale_zero_terminal_snr_sigmas): shift so the last step has alpha_bar 0, scale so the first
+    keeps its value; the last alpha_bar is then set to 4.897e-8 (a finite sigma_max, ~4519)."""
+    ab_sqrt = (1 / (sigmas * sigmas + 1)).sqrt()
+    first, last = ab_sqrt[0].clone(), ab_sqrt[-1].clone()
+    ab_sqrt = (ab_sqrt - last) * (first / (first - last))
+    ab = ab_sqrt**2
+    ab[-1] = 4.8973451890853435e-08
+    return ((1 - ab) / ab) ** 0.5
+
+
+def schedule_for(handle) -> DiscreteSchedule:
+    """The model's schedule: its prediction type and markers (ztsnr); EDM v-prediction refused."""
+    if getattr(handle, "edm_vpred", None):
+        raise UnsupportedModelError(
+            f"{handle.source}: an EDM v-prediction checkpoint (edm_vpred.* keys, CosXL-style) needs ComfyUI's "
+            "continuous EDM schedule, which the runner does not have yet; sample it in ComfyUI")
+    return DiscreteSchedule(handle.prediction_type, zsnr=bool(getattr(handle, "zsnr", False)))
+
+
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros([1])])
 
@@ -64,6 +89,7 @@ class DiscreteSchedule:
     linear_end: float = 0.012
     num_timesteps: int = 1000
     sigma_data: float = 1.0
+    zsnr: bool = False  # zero terminal SNR (a checkpoint's `ztsnr` marker), as ComfyUI rescales it
     sigmas: torch.Tensor = field(init=False, repr=False)
     log_sigmas: torch.Tensor = field(init=False, repr=False)
 
@@ -80,6 +106,8 @@ class DiscreteSchedule:
         betas = torch.linspace(self.linear_start**0.5, self.linear_end**0.5, self.num_timesteps, dtype=torch.float64) ** 2
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5  # (T,) float64
+        if self.zsnr:
+            sigmas = rescale_zero_terminal_snr(sigmas)
         object.__setattr__(self, "sigmas", sigmas.float())
         object.__setattr__(self, "log_sigmas", sigmas.log().float())  # log taken in float64
 

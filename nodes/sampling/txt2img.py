@@ -111,7 +111,7 @@ def txt2img_latents(handle, s: SampleSettings, progress=None) -> torch.Tensor:
     from ..lora.lora_stack import add_loras, strip_prompt_loras
     from ..lora.patcher import activate
     from .samplers import ksample, prepare_noise
-    from .schedules import DiscreteSchedule, get_sigmas
+    from .schedules import get_sigmas, schedule_for
 
     if handle.unet.config.in_channels != 4:
         raise NodeInputError(NODE, "model", handle.source,
@@ -133,7 +133,7 @@ def txt2img_latents(handle, s: SampleSettings, progress=None) -> torch.Tensor:
     shape = (s.batch_size, handle.unet.config.out_channels, s.height // 8, s.width // 8)
     latent = torch.zeros(shape)  # ComfyUI's EmptyLatentImage
     noise = prepare_noise(shape, s.seed)
-    schedule = DiscreteSchedule(handle.prediction_type)
+    schedule = schedule_for(handle)
     sigmas = get_sigmas(schedule, s.scheduler, s.steps, sampler_name=s.sampler_name)
 
     def callback(step, total, x, denoised):
