@@ -132,6 +132,9 @@ def prepare_models(base: Path) -> None:
 
     demo_lora.ensure_demo_loras(base / "models" / "loras")
     demo_lora.ensure_demo_dataset(base / "input" / DEMO_DATASET)
+    from lora_lab.nodes.demo.demo_image import ensure_demo_image
+
+    ensure_demo_image(base / "input")  # LoadImage (ComfyUI's own) lists its input folder
 
 
 @pytest.fixture(scope="module")
@@ -173,11 +176,15 @@ def test_routes_and_js_are_served(comfy):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_through_prompt_api(comfy, path):
+    from lora_lab.nodes.defs.runner_registry import RUNNER_CLASS_MAPPINGS as REGISTRY
+    from lora_lab.nodes.defs.runner_registry import RUNNER_DISPLAY_NAME_MAPPINGS as NAMES
     from lora_lab.nodes.graph.workflow import load_workflow
-    from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY, NODE_DISPLAY_NAME_MAPPINGS as NAMES
 
     ui = json.loads(path.read_text())
-    prompt = load_workflow(path, REGISTRY, NAMES).prompt
+    if any(n["type"] == "CheckpointLoaderSimple" for n in ui["nodes"]):
+        pytest.skip("ComfyUI's own loader cannot load the tiny demo checkpoint (its model detection knows the "
+                    "full-size layouts only); tests/test_comfy_graph_parity.py runs these graphs on a full-size one")
+    prompt = load_workflow(path, REGISTRY, NAMES).prompt  # the core classes give ComfyUI's widget order
     for node in prompt.values():  # Train LoRA on the demo dataset: its folder in this server's input/
         if node["class_type"] == "LoraLabTrainLora" and node["inputs"].get("dataset_dir") == DEMO_DATASET:
             node["inputs"]["dataset_dir"] = str(comfy.base / "input" / DEMO_DATASET)
