@@ -30,7 +30,7 @@ COMFYUI_ONLY_WORKFLOWS = {
 # with these --set overrides (the demo checkpoint and LoRAs), and as they are through ComfyUI.
 ON_DEMO_MODELS = {
     "comfy_native_lora_stack.json": ["1.ckpt_name=lora-lab-demo-sd15.safetensors",
-                                     "2.loras=lora-lab-demo-style.safetensors:0.8:0.6\n# lora-lab-demo-detail.safetensors"],
+                                     "2.loras=lora-lab-demo-style.safetensors:0.8:0.6\n# lora-lab-demo-star.safetensors"],
 }
 ALL_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 WORKFLOWS = [p for p in ALL_WORKFLOWS if p.name not in COMFYUI_ONLY_WORKFLOWS and p.name not in ON_DEMO_MODELS]
