@@ -178,6 +178,13 @@ def adapter_to(a: Adapter, device: torch.device) -> Adapter:
                                dora_scale=move(a.dora_scale))
 
 
+def patched_value(original: torch.Tensor, entries: tuple, pname: str) -> torch.Tensor:
+    """The patched value of one parameter (original + each (adapter, strength, rows) of the stack),
+    as the patcher computes it: merge and the LoRA tools call this, so their results are bitwise
+    the patched model's."""
+    return _compute(original, entries, pname, None)
+
+
 def _compute(original: torch.Tensor, entries: tuple, pname: str, out: torch.Tensor | None) -> torch.Tensor:
     """original (+ each adapter in order), fp32 math, in original's dtype; into `out` if given."""
     if pname == "bias":

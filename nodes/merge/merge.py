@@ -34,7 +34,6 @@ from ..io.safetensors_stream import (
     state_dict_items,
     write_stream,
 )
-from ..lora.adapters import patched_bias, patched_weight
 from ..model import ckpt_config, ckpt_keys
 from ..model.handle import ModelHandle, held_below_fp32, is_skeleton
 from .merge_meta import checkpoint_metadata
@@ -127,12 +126,14 @@ def source_slots(family: str, shapes: dict, unet_config: dict) -> dict:
 
 # ------------------------------------------------------------------------------- math
 def apply_entries(w: torch.Tensor, entries: tuple, pname: str, out: torch.Tensor | None = None) -> torch.Tensor:
-    """base (fp32) + each (adapter, strength, rows) in order: the patcher's arithmetic.
+    """base (fp32) + the stack's entries (adapter, strength, rows): the patcher's own arithmetic
+    (patcher.patched_value: a stack of plain LoRAs is one concatenated low-rank product), so a
+    merged file holds exactly the weights the patched model holds.
 
-    out: written in place (may be `w` itself: each plain LoRA is then one in-place addmm)."""
-    acc = w
-    for a, s, rows in entries:
-        acc = patched_bias(acc, a, s) if pname == "bias" else patched_weight(acc, a, s, rows, out=out)
+    out: the result is copied into it (it may be `w` itself)."""
+    from ..lora.patcher import patched_value
+
+    acc = patched_value(w, entries, pname)
     if out is not None and acc is not out:
         out.copy_(acc)
         return out

@@ -43,6 +43,7 @@ def test_get_or_load_loads_once():
 
 
 def test_free_memory_and_clear_all_reach_every_cache():
+    byte_cache.clear_all()  # the process-wide caches may hold what earlier tests loaded
     a = ByteLRU("a", 10_000, lambda v: tensor_bytes([v]))
     b = ByteLRU("b", 10_000, lambda v: tensor_bytes([v]))
     for i in range(3):
