@@ -34,7 +34,7 @@ STYLE_TRIGGER, CHARACTER_TRIGGER = "llstripes", "llstar"
 DEMO_LORAS = {
     d.name: d for d in (
         DemoLora("lora-lab-demo-style.safetensors", "f45ff33babc1282659efb849304ccb67a4256c75f93b11391cbc9dea0b30a8f3", STYLE_TRIGGER, "striped fill"),
-        DemoLora("lora-lab-demo-star.safetensors", "90f01ce39781dfcf910220fbd83838bd636d40f77d3d886ea0539c82d6de3df7", CHARACTER_TRIGGER, "a star shape"),
+        DemoLora("lora-lab-demo-star.safetensors", "40771eed10b689fef10cb8418d50794b273dc00266eee126135451fed4da3719", CHARACTER_TRIGGER, "a star shape"),
     )
 }
 DEMO_LORA_NAMES = tuple(DEMO_LORAS)

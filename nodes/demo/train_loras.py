@@ -26,7 +26,7 @@ LORAS = {
                  dict(steps=300, rank=4, alpha=4.0, learning_rate=2e-3, batch_size=8, seed=41)),
     DEMO_CHARACTER: ("10_" + CHARACTER_TRIGGER, CHARACTER_TRIGGER, 60, 42,
                      dict(shapes=("star",)),
-                     dict(steps=300, rank=8, alpha=8.0, learning_rate=2e-3, batch_size=8, seed=42)),
+                     dict(steps=600, rank=8, alpha=8.0, learning_rate=3e-3, batch_size=8, seed=42)),
 }
 
 
