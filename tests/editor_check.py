@@ -244,7 +244,7 @@ def expected_prompts() -> dict:
     from lora_lab.nodes.graph.workflow import load_workflow
     from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY, NODE_DISPLAY_NAME_MAPPINGS as NAMES
 
-    return {p.name: load_workflow(p, REGISTRY, NAMES).prompt for p in sorted((ROOT / "workflows").glob("*.json"))}
+    return {p.name: load_workflow(p, REGISTRY, NAMES).prompt for p in (sorted((ROOT / "workflows").glob("*.json")) + sorted((ROOT / "workflows" / "comfyui").glob("*.json")))}
 
 
 SHOW_JS = """async (wf, name) => {
@@ -277,7 +277,7 @@ async def screenshots(chrome: Chrome, workflows: dict, folder: Path) -> list[str
 async def check(url: str, chromium: str, shots: Path | None = None) -> dict:
     import aiohttp
 
-    workflows = {p.name: json.loads(p.read_text()) for p in sorted((ROOT / "workflows").glob("*.json"))}
+    workflows = {p.name: json.loads(p.read_text()) for p in (sorted((ROOT / "workflows").glob("*.json")) + sorted((ROOT / "workflows" / "comfyui").glob("*.json")))}
     chrome = Chrome(chromium)
     try:
         async with aiohttp.ClientSession() as session:

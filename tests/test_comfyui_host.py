@@ -28,7 +28,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = (sorted((ROOT / "workflows").glob("*.json")) + sorted((ROOT / "workflows" / "comfyui").glob("*.json")))
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 DEMO_DATASET = "lora-lab-demo-dataset"  # lora_lab.nodes.demo.demo_lora.DEMO_DATASET
 

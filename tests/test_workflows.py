@@ -32,7 +32,8 @@ ON_DEMO_MODELS = {
     "comfy_native_lora_stack.json": ["1.ckpt_name=lora-lab-demo-sd15.safetensors",
                                      "2.loras=lora-lab-demo-style.safetensors:0.8:0.6\n# lora-lab-demo-star.safetensors"],
 }
-ALL_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+ALL_WORKFLOWS = (sorted((ROOT / "workflows").glob("*.json")) + sorted((ROOT / "workflows" / "comfyui").glob("*.json")))
+BY_NAME = {p.name: p for p in ALL_WORKFLOWS}  # the ComfyUI-side examples sit in workflows/comfyui/
 WORKFLOWS = [p for p in ALL_WORKFLOWS if p.name not in COMFYUI_ONLY_WORKFLOWS and p.name not in ON_DEMO_MODELS]
 # one example per capability (issue 7); merge/train examples join when their nodes exist
 CAPABILITIES = {"lora_txt2img.json": "LoraLabLoraLoader", "lora_stack.json": "LoraLabLoraStack",
@@ -90,7 +91,7 @@ def test_one_example_per_capability():
     names = {p.name for p in ALL_WORKFLOWS}
     for name, node_type in CAPABILITIES.items():
         assert name in names
-        types = {n["type"] for n in json.loads((ROOT / "workflows" / name).read_text())["nodes"]}
+        types = {n["type"] for n in json.loads((BY_NAME[name]).read_text())["nodes"]}
         assert node_type in types, (name, types)
 
 
@@ -124,7 +125,7 @@ def test_ui_file_is_consistent(path):
 
 @pytest.mark.parametrize("name", sorted(COMFYUI_ONLY_WORKFLOWS))
 def test_comfyui_only_workflows_are_refused_naming_their_comfyui_nodes(name, models_dir, tmp_path, capsys):
-    path = ROOT / "workflows" / name
+    path = BY_NAME[name]
     assert path.is_file() and COMFYUI_ONLY_WORKFLOWS[name]
     code = main(["run", str(path), "--models-dir", str(models_dir), "--output-dir", str(tmp_path), "--json", "--quiet"])
     run = json.loads(capsys.readouterr().out)["runs"][0]
@@ -141,7 +142,7 @@ def test_comfyui_only_workflows_are_refused_naming_their_comfyui_nodes(name, mod
 @pytest.mark.parametrize("name", sorted(ON_DEMO_MODELS))
 def test_comfy_native_workflow_runs_headless_on_the_demo_models(name, models_dir, tmp_path, capsys):
     sets = [a for s in ON_DEMO_MODELS[name] for a in ("--set", s)]
-    code = main(["run", str(ROOT / "workflows" / name), "--models-dir", str(models_dir), "--output-dir", str(tmp_path),
+    code = main(["run", str(BY_NAME[name]), "--models-dir", str(models_dir), "--output-dir", str(tmp_path),
                  "--json", "--quiet", *sets])
     run = json.loads(capsys.readouterr().out)["runs"][0]
     assert code == 0 and run["status"] == "ok", json.dumps(run, indent=1)[:3000]
