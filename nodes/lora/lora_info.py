@@ -80,7 +80,7 @@ def tag_counts(metadata: dict) -> list[tuple[str, int]]:
 SIDECAR_MAX_BYTES = 1 << 20  # a sidecar is notes: read at most this much of one
 
 
-def sidecar(path: Path, suffix: str, refused: list | None = None) -> Path | None:
+def sidecar(path: Path, suffix: str, refused: list | None = None, kind: str = "loras") -> Path | None:
     """The sidecar `<stem><suffix>` of a LoRA file, when it is a file inside the loras folders
     (a link that leads out is refused, and its name added to `refused`)."""
     from ..io.paths import confined
@@ -92,9 +92,9 @@ def sidecar(path: Path, suffix: str, refused: list | None = None) -> Path | None
         return None
     if not exists:
         return None
-    real = confined("loras", side)
+    real = confined(kind, side)
     if real is None:
-        log.warning("%s: refusing to read it: it leads outside the loras folders", side.name)
+        log.warning("%s: refusing to read it: it leads outside the %s folders", side.name, kind)
         if refused is not None:
             refused.append(side.name)
     return real
@@ -108,12 +108,12 @@ def read_text_head(path: Path, limit: int = SIDECAR_MAX_BYTES) -> str:
         return codecs.getincrementaldecoder("utf-8")().decode(f.read(limit), final=False)
 
 
-def read_sidecars(path: Path) -> dict:
+def read_sidecars(path: Path, kind: str = "loras") -> dict:
     """A1111 `<stem>.json`, a `<stem>.txt` and civitai's `<stem>.civitai.info`, when present
-    inside the loras folders."""
+    inside the folders of `kind` (loras; embeddings for an embedding)."""
     out: dict = {}
     refused: list = []
-    side_json = sidecar(path, ".json", refused)
+    side_json = sidecar(path, ".json", refused, kind)
     if side_json is not None:
         try:
             data = json.loads(read_text_head(side_json))
@@ -121,13 +121,13 @@ def read_sidecars(path: Path) -> dict:
                            (None, "")}
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             out["json_error"] = f"{side_json.name}: {e}"
-    side_txt = sidecar(path, ".txt", refused)
+    side_txt = sidecar(path, ".txt", refused, kind)
     if side_txt is not None:
         try:
             out["txt"] = read_text_head(side_txt, 16000).strip()[:4000]
         except (UnicodeDecodeError, OSError) as e:
             out["txt_error"] = f"{side_txt.name}: {e}"
-    civitai = sidecar(path, ".civitai.info", refused)
+    civitai = sidecar(path, ".civitai.info", refused, kind)
     if civitai is not None:
         try:
             data = json.loads(read_text_head(civitai))

@@ -183,7 +183,7 @@ def embedding_info(name: str) -> dict:
     path = resolve_embedding(name)
     raw = load_embedding_file(path)
     t = _vectors_any(raw, "clip_l")
-    side = read_sidecars(path)
+    side = read_sidecars(path, "embeddings")
     words = [path.stem] + side.get("trained_words", []) + [side.get("json", {}).get("activation text", "")]
     seen: list[str] = []
     for w in words:
