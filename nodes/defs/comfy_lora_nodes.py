@@ -14,20 +14,6 @@ from .node_defs import _BLOCK_WEIGHTS, _STRENGTH, CATEGORY, _lora_names
 _OPTIONAL_CLIP = ("CLIP", {"tooltip": "leave unconnected for a model-only LoRA (text-encoder layers are skipped)"})
 
 
-def _entries_from_stack(lora_stack, node: str) -> list:
-    from ..io.errors import NodeInputError
-    from ..lora.lora_stack import StackEntry
-
-    out = []
-    for item in lora_stack or []:
-        try:
-            name, su, st = item
-            out.append(StackEntry(str(name), float(su), float(st)))
-        except (TypeError, ValueError):
-            raise NodeInputError(node, "lora_stack", item, "expected (lora_name, model_strength, clip_strength)") from None
-    return out
-
-
 def apply_entries(model, clip, entries: list, node: str, input_name: str, block_weights: str = "") -> tuple:
     """(MODEL, CLIP, trigger words) with `entries` added as patches; the inputs stay untouched."""
     from ..demo.demo_lora import ensure_named
@@ -124,10 +110,10 @@ class LoraLabLoraStackModelClip:
         }
 
     def stack(self, model, loras, clip=None, lora_stack=None, block_weights=""):
-        from ..lora.lora_stack import parse_stack_text
+        from ..lora.lora_stack import parse_lora_stack, parse_stack_text
 
         node = "LoraLabLoraStackModelClip"
-        entries = _entries_from_stack(lora_stack, node) + parse_stack_text(loras, node)
+        entries = parse_lora_stack(lora_stack, node) + parse_stack_text(loras, node)
         new_model, new_clip, words = apply_entries(model, clip, entries, node, "loras", block_weights)
         return new_model, new_clip, [(e.name, e.strength_unet, e.strength_text) for e in entries], words
 

@@ -219,18 +219,9 @@ class LoraLabLoraStack:
     def stack(self, model, loras, lora_stack=None, block_weights=""):
         from ..demo.demo_lora import ensure_named
         from ..io import notices
-        from ..io.errors import NodeInputError
-        from ..lora.lora_stack import StackEntry, add_loras, parse_stack_text
+        from ..lora.lora_stack import add_loras, parse_lora_stack, parse_stack_text
 
-        entries = []
-        for item in lora_stack or []:
-            try:
-                name, su, st = item
-                entries.append(StackEntry(str(name), float(su), float(st)))  # range: add_loras
-            except (TypeError, ValueError):
-                raise NodeInputError("LoraLabLoraStack", "lora_stack", item,
-                                     "expected (lora_name, model_strength, clip_strength)") from None
-        entries += parse_stack_text(loras)
+        entries = parse_lora_stack(lora_stack, "LoraLabLoraStack") + parse_stack_text(loras)
         ensure_named(e.name for e in entries)
         with notices.collect() as notes:
             new, words = add_loras(model, entries, "LoraLabLoraStack", "loras", block_weights)

@@ -106,6 +106,19 @@ def parse_stack_text(text: str, node: str = "LoraLabLoraStack", input_name: str 
     return out
 
 
+def parse_lora_stack(lora_stack, node: str, input_name: str = "lora_stack") -> list[StackEntry]:
+    """A LORA_STACK edge (other packs' convention: (lora_name, model_strength, clip_strength)
+    tuples) as entries; the strengths' range is checked by add_loras."""
+    out = []
+    for item in lora_stack or []:
+        try:
+            name, su, st = item
+            out.append(StackEntry(str(name), float(su), float(st)))
+        except (TypeError, ValueError):
+            raise NodeInputError(node, input_name, item, "expected (lora_name, model_strength, clip_strength)") from None
+    return out
+
+
 def strip_prompt_loras(prompt: str, node: str = "LoraLabSampler",
                        input_name: str = "prompt") -> tuple[str, list[StackEntry]]:
     """Remove <lora:...>/<lyco:...> tags from a prompt; return the text and the LoRAs (A1111 semantics)."""
