@@ -34,7 +34,7 @@ STYLE_TRIGGER, CHARACTER_TRIGGER = "llstripes", "llstar"
 DEMO_LORAS = {
     d.name: d for d in (
         DemoLora("lora-lab-demo-style.safetensors", "f45ff33babc1282659efb849304ccb67a4256c75f93b11391cbc9dea0b30a8f3", STYLE_TRIGGER, "striped fill"),
-        DemoLora("lora-lab-demo-star.safetensors", "40771eed10b689fef10cb8418d50794b273dc00266eee126135451fed4da3719", CHARACTER_TRIGGER, "a star shape"),
+        DemoLora("lora-lab-demo-star.safetensors", "8cad8ee7701a26254308744ce9dc5ee7e19bd01a3127a0833f83fc51135e4fb5", CHARACTER_TRIGGER, "a star shape"),
     )
 }
 DEMO_LORA_NAMES = tuple(DEMO_LORAS)

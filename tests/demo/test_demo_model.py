@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from lora_lab.nodes.demo import demo, demo_lora
 from lora_lab.nodes.demo import shapes as D
@@ -68,6 +68,19 @@ def test_config_comes_from_the_shapes(handle):
 
 def test_classifier_is_exact_on_the_dataset():
     assert _scorer().check_on_dataset(120) == (1.0, 1.0, 1.0)
+
+
+def test_star_detector_on_the_dataset_and_rounded_stars():
+    q = _scorer()
+    assert q.check_star_detector(60) == (0.0, 1.0)
+    star = np.asarray(D.draw("star", (255, 255, 255), (0, 0, 0), 32, 32, 22))[..., 0] > 127
+    blurred = np.asarray(Image.fromarray(star.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(2.5))) > 140
+    assert q.classify_shape(blurred, q.ALL_SHAPES)[0] != "star"  # the upright template misses a fat star
+    assert q.is_star(blurred) and q.is_star(np.rot90(star)) and q.is_star(star[::-1])  # the detector doesn't
+    disc = np.hypot(*np.mgrid[-32:32, -32:32]) < 20
+    speck = disc.copy()
+    speck[1:3, 60:62] = True  # a stray corner blotch is not part of the object
+    assert not q.is_star(disc) and not q.is_star(speck)
 
 
 def test_dataset_is_deterministic(tmp_path):
