@@ -137,6 +137,14 @@ class DiscreteSchedule:
         max_sigma, sigma = float(self.sigma_max), float(sigmas[0])
         return math.isclose(max_sigma, sigma, rel_tol=1e-05) or sigma > max_sigma
 
+    def percent_to_sigma(self, percent: float) -> float:
+        """ModelSamplingDiscrete.percent_to_sigma: 0 -> above any sigma, 1 -> 0."""
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return float(self.sigma(torch.tensor((1.0 - percent) * 999.0)))
+
     # -- parameterisation -----------------------------------------------------------------
     def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """k-diffusion x (B, C, H, W) -> the UNet's input, scaled to unit variance."""
