@@ -211,7 +211,8 @@ def test_ksample_img2img_vpred_cfg1(comfy, sampler):
     _assert_parity(ours, theirs, f"{sampler}/karras v-pred img2img")
 
 
-@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "uni_pc", "lms"])
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "uni_pc", "lms", "deis", "ipndm_v", "dpm_adaptive",
+                                     "dpmpp_2m_cfg_pp", "res_multistep_ancestral_cfg_pp", "er_sde", "seeds_3", "sa_solver_pece"])
 def test_ksample_long_run(comfy, sampler):
     ours, theirs = _run_both(comfy, sampler, "normal", steps=30, cfg=7.5, seed=0)
     _assert_parity(ours, theirs, f"{sampler}/normal 30 steps")
