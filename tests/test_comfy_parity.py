@@ -289,3 +289,47 @@ def test_edm_vpred_ksample_schedulers_match_comfy(comfy, scheduler):
         ours, theirs = _run_both(comfy, sampler, scheduler, steps=5, cfg=cfg, denoise=denoise, prediction_type="edm_vpred",
                                  latent=latent)
         _assert_parity(ours, theirs, f"{sampler}/{scheduler} EDM v-pred cfg {cfg} denoise {denoise}")
+
+
+# -- the runner's KSampler path (comfy_ksampler) with a noise mask ---------------------------------
+
+
+class _DiffusersToy(torch.nn.Module):
+    """ToyUNet behind the diffusers UNet call the runner's KSampler makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.toy = ToyUNet()
+        self.config = type("Config", (), {"in_channels": 4})()
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, x, t, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=False):
+        return (self.toy(x, t, context=encoder_hidden_states),)
+
+
+@pytest.mark.parametrize("cfg", [4.0, 1.0])
+@pytest.mark.parametrize("sampler", ["euler", "sa_solver", *(n for n in SAMPLER_NAMES if n.endswith("_cfg_pp"))])
+def test_runner_ksampler_with_noise_mask_matches_comfy(comfy, sampler, cfg, monkeypatch):
+    # KSamplerX0Inpaint blends the guided x0 outside the mask; the uncond a CFG++ sampler reads is
+    # the unblended one (ComfyUI's post-cfg hook sees it before the blend)
+    from lora_lab.nodes.sampling.comfy_ksampler import KSamplerSettings, ksampler
+
+    monkeypatch.setattr("lora_lab.nodes.lora.patcher.activate", lambda handle: 0)  # no LoRA patches on a toy
+    handle = type("ToyHandle", (), {"unet": _DiffusersToy(), "vae_scaling_factor": 1.0, "family": "sd1",
+                                    "prediction_type": "epsilon", "edm_vpred": None, "zsnr": False, "source": "toy"})()
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 20:50, 8:40] = 1.0
+    pos, neg = _conds()
+    seed = 77
+    mp = _patcher(comfy, "epsilon")
+    theirs = comfy.sample.sample(
+        mp, comfy.sample.prepare_noise(latent, seed), 5, cfg, sampler, "karras", [[pos, {}]], [[neg, {}]], latent.clone(),
+        denoise=0.8, noise_mask=mask, seed=seed, disable_pbar=True,
+    )
+    s = KSamplerSettings(seed, 5, cfg, sampler, "karras", denoise=0.8)
+    ours = ksampler(handle, s, [[pos, {}]], [[neg, {}]], {"samples": latent.clone(), "noise_mask": mask})["samples"]
+    _assert_parity(ours, theirs, f"{sampler} runner KSampler, noise mask, cfg {cfg}")
