@@ -42,16 +42,3 @@ def denoise_with_uncond(denoiser, x: torch.Tensor, sigma: torch.Tensor) -> Pair:
         return denoised, denoised
     return split(x, sigma)
 
-
-def uncond_denoiser(denoiser):
-    """A denoiser that records the uncond x0 of its latest call in `.uncond` (each call runs
-    both sides, as every model call of a ComfyUI CFG++ sampler does)."""
-
-    class _Recorder:
-        uncond = None
-
-        def __call__(self, x, sigma):
-            denoised, self.uncond = denoise_with_uncond(denoiser, x, sigma)
-            return denoised
-
-    return _Recorder()
