@@ -91,3 +91,19 @@ def test_edm_vpred_only_sigma_max_takes_comfyuis_default_min(tmp_path, tiny_chec
     h = marked(tmp_path, tiny_checkpoints, **{"edm_vpred.sigma_max": torch.tensor(80.0)})
     sched = schedule_for(h)
     assert float(sched.sigma_min) == pytest.approx(0.002, rel=1e-5) and float(sched.sigma_max) == pytest.approx(80.0, rel=1e-5)
+
+
+def test_edm_vpred_core_ksampler_equals_our_sample(tmp_path, tiny_checkpoints):
+    from lora_lab.nodes.defs import core_conditioning as cc
+    from lora_lab.nodes.defs import core_latent as cl
+    from lora_lab.nodes.model.runner_types import ClipHandle
+    from lora_lab.nodes.sampling.txt2img import txt2img_latents
+
+    h = marked(tmp_path, tiny_checkpoints, **{"edm_vpred.sigma_max": torch.tensor(120.0)})
+    clip = ClipHandle(h)
+    (pos,), (neg,) = cc.CLIPTextEncode().encode(clip, "a fox"), cc.CLIPTextEncode().encode(clip, "blurry")
+    (lat,) = cl.EmptyLatentImage().generate(64, 64, 1)
+    (core,) = cl.KSampler().sample(h, 5, 3, 4.0, "dpmpp_2m_cfg_pp", "normal", pos, neg, lat)
+    s = SampleSettings("a fox", "blurry", seed=5, steps=3, cfg=4.0, sampler_name="dpmpp_2m_cfg_pp", scheduler="normal",
+                       width=64, height=64, batch_cfg=False)
+    assert torch.equal(core["samples"], (txt2img_latents(h, s) / h.vae_scaling_factor).float().cpu())
