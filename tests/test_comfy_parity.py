@@ -22,7 +22,13 @@ import pytest
 import torch
 
 from lora_lab.nodes.sampling.samplers import SAMPLER_NAMES, ksample, prepare_noise
-from lora_lab.nodes.sampling.schedules import SCHEDULER_NAMES, DiscreteSchedule, get_sigmas, scheduler_sigmas
+from lora_lab.nodes.sampling.schedules import (
+    SCHEDULER_NAMES,
+    ContinuousEDMSchedule,
+    DiscreteSchedule,
+    get_sigmas,
+    scheduler_sigmas,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +95,15 @@ def _our_apply_model(x_in, timestep, cond):
     return _TOY(x_in, timestep, context=cond)
 
 
+EDM_RANGE = (0.002, 120.0)  # CosXL's edm_vpred.sigma_min / sigma_max
+
+
 def _comfy_model(comfy, prediction_type):
     mt = comfy.model_base.ModelType
-    model_type = mt.EPS if prediction_type == "epsilon" else mt.V_PREDICTION
+    model_type = {"epsilon": mt.EPS, "v_prediction": mt.V_PREDICTION, "edm_vpred": mt.V_PREDICTION_EDM}[prediction_type]
     config = comfy.supported_models_base.BASE({})  # latent format with scale factor 1: same latent space
+    if prediction_type == "edm_vpred":  # as supported_models.SDXL.model_type sets it from the keys
+        config.sampling_settings = {"sigma_min": EDM_RANGE[0], "sigma_max": EDM_RANGE[1]}
     model = comfy.model_base.BaseModel(config, model_type=model_type, device=torch.device("cpu"), unet_model=ToyUNet)
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
@@ -124,12 +135,18 @@ def _run_both(comfy, sampler, scheduler, *, steps=6, cfg=5.0, denoise=1.0, seed=
         mp, comfy_noise.clone(), steps, cfg, sampler, scheduler, [[pos, {}]], [[neg, {}]], latent.clone(),
         denoise=denoise, seed=seed, disable_pbar=True,
     )
-    schedule = DiscreteSchedule(prediction_type)
+    schedule = _our_schedule(prediction_type)
     noise = prepare_noise(latent.shape, seed)
     assert torch.equal(noise, comfy_noise)
     sigmas = get_sigmas(schedule, scheduler, steps, denoise, sampler_name=sampler)
     ours = ksample(_our_apply_model, schedule, latent, noise, sigmas, pos, neg, cfg, sampler, seed)
     return ours, theirs
+
+
+def _our_schedule(prediction_type):
+    if prediction_type == "edm_vpred":
+        return ContinuousEDMSchedule("v_prediction", edm_sigma_min=EDM_RANGE[0], edm_sigma_max=EDM_RANGE[1])
+    return DiscreteSchedule(prediction_type)
 
 
 def _assert_parity(ours, theirs, label):
@@ -211,7 +228,8 @@ def test_ksample_img2img_vpred_cfg1(comfy, sampler):
     _assert_parity(ours, theirs, f"{sampler}/karras v-pred img2img")
 
 
-@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "uni_pc", "lms"])
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "uni_pc", "lms", "deis", "ipndm_v", "dpm_adaptive",
+                                     "dpmpp_2m_cfg_pp", "res_multistep_ancestral_cfg_pp", "er_sde", "seeds_3", "sa_solver_pece"])
 def test_ksample_long_run(comfy, sampler):
     ours, theirs = _run_both(comfy, sampler, "normal", steps=30, cfg=7.5, seed=0)
     _assert_parity(ours, theirs, f"{sampler}/normal 30 steps")
@@ -225,3 +243,93 @@ def test_lms_without_scipy_matches_comfy(comfy, scheduler, monkeypatch):
     monkeypatch.setattr(samplers_kdiff, "_scipy_quad", lambda: None)
     ours, theirs = _run_both(comfy, "lms", scheduler, steps=12)
     _assert_parity(ours, theirs, f"lms/{scheduler} without scipy")
+
+
+# -- EDM v-prediction (edm_vpred.* checkpoints, CosXL): ModelSamplingContinuousEDM ------------------
+
+
+def test_edm_schedule_equals_model_sampling_continuous_edm(comfy):
+    ms = _patcher(comfy, "edm_vpred").get_model_object("model_sampling")
+    assert type(ms).__mro__[1].__name__ == "ModelSamplingContinuousEDM" and isinstance(ms, comfy.model_sampling.V_PREDICTION)
+    ours = _our_schedule("edm_vpred")
+    assert torch.equal(ours.sigmas, ms.sigmas) and torch.equal(ours.log_sigmas, ms.log_sigmas)
+    sig = torch.rand(64, generator=torch.Generator().manual_seed(0)) * 100 + 0.002
+    assert torch.equal(ours.timestep(sig), ms.timestep(sig))
+    ts = torch.linspace(-1.6, 1.2, 97)
+    assert torch.equal(ours.sigma(ts), ms.sigma(ts))
+    for p in (0.0, 0.2, 0.5, 0.8, 1.0, 0.013):
+        assert ours.percent_to_sigma(p) == ms.percent_to_sigma(p), p
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+    out = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(2))
+    s = torch.tensor([119.0, 0.3])
+    assert torch.equal(ours.calculate_input(s, x), ms.calculate_input(s, x))
+    assert torch.equal(ours.calculate_denoised(s, out, x), ms.calculate_denoised(s, out, x))
+    for scheduler in SCHEDULER_NAMES:
+        for steps in (2, 3, 7, 20):
+            theirs = comfy.samplers.calculate_sigmas(ms, scheduler, steps)
+            torch.testing.assert_close(scheduler_sigmas(ours, scheduler, steps), theirs, rtol=0, atol=0, msg=f"{scheduler} {steps}")
+    mp = _patcher(comfy, "edm_vpred")
+    for scheduler in SCHEDULER_NAMES:
+        for denoise in (1.0, 0.6):
+            theirs = comfy.samplers.KSampler(mp, 8, "cpu", "dpm_2", scheduler, denoise).sigmas
+            ours_s = get_sigmas(ours, scheduler, 8, denoise, sampler_name="dpm_2")
+            torch.testing.assert_close(ours_s, theirs, rtol=0, atol=0, msg=f"{scheduler} denoise={denoise}")
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_edm_vpred_ksample_matches_comfy(comfy, sampler):
+    ours, theirs = _run_both(comfy, sampler, "karras", steps=6, prediction_type="edm_vpred")
+    _assert_parity(ours, theirs, f"{sampler}/karras EDM v-pred")
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_edm_vpred_ksample_schedulers_match_comfy(comfy, scheduler):
+    latent = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(4))
+    for sampler, cfg, denoise in (("euler", 5.0, 1.0), ("dpmpp_2m", 1.0, 0.7), ("sa_solver", 3.0, 1.0)):
+        ours, theirs = _run_both(comfy, sampler, scheduler, steps=5, cfg=cfg, denoise=denoise, prediction_type="edm_vpred",
+                                 latent=latent)
+        _assert_parity(ours, theirs, f"{sampler}/{scheduler} EDM v-pred cfg {cfg} denoise {denoise}")
+
+
+# -- the runner's KSampler path (comfy_ksampler) with a noise mask ---------------------------------
+
+
+class _DiffusersToy(torch.nn.Module):
+    """ToyUNet behind the diffusers UNet call the runner's KSampler makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.toy = ToyUNet()
+        self.config = type("Config", (), {"in_channels": 4})()
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, x, t, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=False):
+        return (self.toy(x, t, context=encoder_hidden_states),)
+
+
+@pytest.mark.parametrize("cfg", [4.0, 1.0])
+@pytest.mark.parametrize("sampler", ["euler", "sa_solver", *(n for n in SAMPLER_NAMES if n.endswith("_cfg_pp"))])
+def test_runner_ksampler_with_noise_mask_matches_comfy(comfy, sampler, cfg, monkeypatch):
+    # KSamplerX0Inpaint blends the guided x0 outside the mask; the uncond a CFG++ sampler reads is
+    # the unblended one (ComfyUI's post-cfg hook sees it before the blend)
+    from lora_lab.nodes.sampling.comfy_ksampler import KSamplerSettings, ksampler
+
+    monkeypatch.setattr("lora_lab.nodes.lora.patcher.activate", lambda handle: 0)  # no LoRA patches on a toy
+    handle = type("ToyHandle", (), {"unet": _DiffusersToy(), "vae_scaling_factor": 1.0, "family": "sd1",
+                                    "prediction_type": "epsilon", "edm_vpred": None, "zsnr": False, "source": "toy"})()
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 20:50, 8:40] = 1.0
+    pos, neg = _conds()
+    seed = 77
+    mp = _patcher(comfy, "epsilon")
+    theirs = comfy.sample.sample(
+        mp, comfy.sample.prepare_noise(latent, seed), 5, cfg, sampler, "karras", [[pos, {}]], [[neg, {}]], latent.clone(),
+        denoise=0.8, noise_mask=mask, seed=seed, disable_pbar=True,
+    )
+    s = KSamplerSettings(seed, 5, cfg, sampler, "karras", denoise=0.8)
+    ours = ksampler(handle, s, [[pos, {}]], [[neg, {}]], {"samples": latent.clone(), "noise_mask": mask})["samples"]
+    _assert_parity(ours, theirs, f"{sampler} runner KSampler, noise mask, cfg {cfg}")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from ..io.errors import NodeInputError
+from .guidance import GuidedDenoiser
 from .samplers import prepare_noise, sample
 from .schedules import DiscreteSchedule, get_sigmas, schedule_for
 
@@ -136,11 +137,7 @@ class _Entry:
 
 def percent_to_sigma(schedule: DiscreteSchedule, percent: float) -> float:
     """ModelSamplingDiscrete.percent_to_sigma: 0 -> above any sigma, 1 -> 0."""
-    if percent <= 0.0:
-        return 999999999.9
-    if percent >= 1.0:
-        return 0.0
-    return float(schedule.sigma(torch.tensor((1.0 - percent) * 999.0)))
+    return schedule.percent_to_sigma(percent)
 
 
 def _resolve_area(opts: dict, hw: tuple) -> tuple | None:
@@ -352,19 +349,21 @@ def ksampler(handle, s: KSamplerSettings, positive, negative, latent: dict, call
     cfg = float(s.cfg)
     noise, latent_in, sigmas = noise.to(device), latent_in.to(device), sigmas.to(device)
 
-    def denoiser(x, sigma):
+    def guided_pair(x, sigma, with_uncond):
         if denoise_mask is not None:  # KSamplerX0Inpaint
             keep = 1.0 - denoise_mask
             x = x * denoise_mask + schedule.noise_scaling(sigma, noise, latent_in) * keep
         cond = _side(pos, x, sigma, predict)
-        uncond = torch.zeros_like(x) if skip_uncond else _side(neg, x, sigma, predict)
+        uncond = torch.zeros_like(x) if skip_uncond and not with_uncond else _side(neg, x, sigma, predict)
         out = uncond + (cond - uncond) * cfg
-        if denoise_mask is not None:
+        if denoise_mask is not None:  # the uncond a CFG++ sampler reads is not blended (ComfyUI's post-cfg hook)
             out = out * denoise_mask + latent_in * keep
-        return out
+        return out, uncond
+
+    denoiser = GuidedDenoiser(lambda x, sigma: guided_pair(x, sigma, False)[0], lambda x, sigma: guided_pair(x, sigma, True))
 
     x = schedule.noise_scaling(sigmas[0], noise, latent_in, schedule.max_denoise(sigmas))
     step_cb = None if callback is None else (lambda i, total, xi, d: callback(i, total, xi, d))
-    out = sample(s.sampler_name, denoiser, x, sigmas, s.seed, step_cb)
+    out = sample(s.sampler_name, denoiser, x, sigmas, s.seed, step_cb, schedule=schedule)
     out = schedule.inverse_noise_scaling(sigmas[-1], out).float().cpu()
     return {**latent, "samples": out / scale}

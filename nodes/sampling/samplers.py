@@ -18,9 +18,15 @@ from collections.abc import Callable
 
 import torch
 
+from .guidance import GuidedDenoiser
 from .sampler_names import SAMPLER_NAMES
+from .samplers_cfgpp import CFGPP_SAMPLERS
+from .samplers_dpm import DPM_SAMPLERS
 from .samplers_kdiff import KDIFF_SAMPLERS
+from .samplers_multistep import MULTISTEP_SAMPLERS
+from .samplers_sa import SA_SAMPLERS
 from .samplers_sde import SDE_SAMPLERS, import_torchsde
+from .samplers_stochastic import STOCHASTIC_SAMPLERS
 from .samplers_unipc import sample_unipc
 from .schedules import (
     DISCARD_PENULTIMATE_SIGMA_SAMPLERS,
@@ -44,10 +50,16 @@ __all__ = [
 _SAMPLERS: dict[str, Callable] = {
     **KDIFF_SAMPLERS,
     **SDE_SAMPLERS,
+    **CFGPP_SAMPLERS,
+    **MULTISTEP_SAMPLERS,
+    **DPM_SAMPLERS,
+    **STOCHASTIC_SAMPLERS,
+    **SA_SAMPLERS,
     "uni_pc": sample_unipc,
     "uni_pc_bh2": lambda denoiser, x, sigmas, seed, callback: sample_unipc(denoiser, x, sigmas, seed, callback, variant="bh2"),
 }
-assert set(SAMPLER_NAMES) == set(_SAMPLERS)
+assert set(SAMPLER_NAMES) == set(_SAMPLERS) and len(SAMPLER_NAMES) == len(_SAMPLERS)
+SCHEDULE_SAMPLER_NAMES = tuple(SA_SAMPLERS)  # these also take the model's schedule (sa_solver's tau window)
 SDE_SAMPLER_NAMES = tuple(n for n in SAMPLER_NAMES if n in SDE_SAMPLERS)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -70,15 +82,21 @@ def prepare_noise(shape, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(sampler_name: str, denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, seed: int, callback=None) -> torch.Tensor:
+def sample(sampler_name: str, denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, seed: int, callback=None,
+           schedule: DiscreteSchedule | None = None) -> torch.Tensor:
     """Run one sampler from x (B, C, H, W), already noise-scaled to sigmas[0], down the sigmas.
 
     denoiser(x, sigma: (B,)) -> x0 prediction like x. callback(step_index, total, x, denoised)
     is called once per step (for uni_pc, x is in its variance-preserving view). `seed` seeds
     the ancestral noise (a generator on x's device) and the SDE Brownian tree, as ComfyUI
-    seeds them with the KSampler seed.
+    seeds them with the KSampler seed. `schedule` (the model's) is needed by sa_solver and
+    sa_solver_pece only (their stochastic window is 20 %..80 % of the schedule's sigmas).
+    The *_cfg_pp samplers read the uncond x0 through denoiser.with_uncond (a GuidedDenoiser);
+    a plain denoiser is its own uncond. dpm_fast / dpm_adaptive call back once per solver step.
     """
     _check_sampler_name(sampler_name)
+    if sampler_name in SCHEDULE_SAMPLER_NAMES and schedule is None:
+        raise ValueError(f"sampler {sampler_name!r} needs the model's schedule (schedule=...)")
     if sampler_name in SDE_SAMPLERS:
         import_torchsde(sampler_name)  # fail before any model call
     if sigmas.ndim != 1:
@@ -91,6 +109,8 @@ def sample(sampler_name: str, denoiser: Denoiser, x: torch.Tensor, sigmas: torch
     if callback is not None:
         step_cb = lambda i, xi, denoised: callback(i, total, xi, denoised)
     log.debug("sampling %s: %d steps, sigma %.4g -> %.4g", sampler_name, total, float(sigmas[0]), float(sigmas[-1]))
+    if sampler_name in SCHEDULE_SAMPLER_NAMES:
+        return _SAMPLERS[sampler_name](denoiser, x, sigmas, int(seed), step_cb, schedule)
     return _SAMPLERS[sampler_name](denoiser, x, sigmas, int(seed), step_cb)
 
 
@@ -106,6 +126,9 @@ def cfg_denoiser(apply_model, schedule: DiscreteSchedule, cond, uncond, cfg: flo
     last B uncond), or None when the two cannot share a batch. Given, cond and uncond run as
     one model call on [x_in; x_in] (as ComfyUI and diffusers do: one UNet pass of batch 2B
     instead of two of B); the result equals the two-call one within fp32 rounding.
+
+    Returns a GuidedDenoiser: its `with_uncond` (used by the CFG++ samplers) runs both sides
+    even at cfg 1 and also returns the uncond x0.
     """
     skip_uncond = math.isclose(cfg, 1.0)
     both = None if (concat is None or skip_uncond) else concat(cond, uncond)
@@ -115,16 +138,16 @@ def cfg_denoiser(apply_model, schedule: DiscreteSchedule, cond, uncond, cfg: flo
         timestep = schedule.timestep(sigma).float()
         return schedule.calculate_denoised(sigma, apply_model(x_in, timestep, c).float(), x)
 
-    def predict_both(x, sigma):
+    def predict_both(x, sigma, conds):
         x_in = schedule.calculate_input(sigma, x)
         timestep = schedule.timestep(sigma).float()
-        out = apply_model(torch.cat([x_in, x_in]), torch.cat([timestep, timestep]), both).float()
+        out = apply_model(torch.cat([x_in, x_in]), torch.cat([timestep, timestep]), conds).float()
         b = x.shape[0]
         return (schedule.calculate_denoised(sigma, out[:b], x), schedule.calculate_denoised(sigma, out[b:], x))
 
-    def denoiser(x, sigma):
+    def guided(x, sigma):
         if both is not None:
-            cond_x0, uncond_x0 = predict_both(x, sigma)
+            cond_x0, uncond_x0 = predict_both(x, sigma, both)
             return uncond_x0 + (cond_x0 - uncond_x0) * cfg
         cond_x0 = predict(x, sigma, cond)
         if skip_uncond:
@@ -132,7 +155,18 @@ def cfg_denoiser(apply_model, schedule: DiscreteSchedule, cond, uncond, cfg: flo
         uncond_x0 = predict(x, sigma, uncond)
         return uncond_x0 + (cond_x0 - uncond_x0) * cfg
 
-    return denoiser
+    batched = [both]  # split's batched conditioning (at cfg 1 built on first use)
+
+    def split(x, sigma):  # both sides whatever the cfg: the model calls of the CFG++ samplers
+        if batched[0] is None and concat is not None:
+            batched[0] = concat(cond, uncond)
+        if batched[0] is not None:
+            cond_x0, uncond_x0 = predict_both(x, sigma, batched[0])
+        else:
+            cond_x0, uncond_x0 = predict(x, sigma, cond), predict(x, sigma, uncond)
+        return uncond_x0 + (cond_x0 - uncond_x0) * cfg, uncond_x0
+
+    return GuidedDenoiser(guided, split)
 
 
 def ksample(
@@ -166,5 +200,5 @@ def ksample(
     noise, sigmas = noise.to(device), sigmas.to(device)
     x = schedule.noise_scaling(sigmas[0], noise, latent, schedule.max_denoise(sigmas))
     denoiser = cfg_denoiser(apply_model, schedule, cond, uncond, float(cfg), concat=concat)
-    samples = sample(sampler_name, denoiser, x, sigmas, seed, callback)
+    samples = sample(sampler_name, denoiser, x, sigmas, seed, callback, schedule=schedule)
     return schedule.inverse_noise_scaling(sigmas[-1], samples)

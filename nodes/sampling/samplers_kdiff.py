@@ -147,6 +147,11 @@ def sampling_steps(sigmas: torch.Tensor):
         yield i
 
 
+def interrupt_point() -> None:
+    """ComfyUI's interrupt check, for loops that are not one step per sigma (dpm_fast / dpm_adaptive)."""
+    check_interrupt()
+
+
 def report_step(callback, i, x, denoised):
     if callback is not None:
         callback(i, x, denoised)

@@ -24,6 +24,7 @@ __all__ = [
     "DISCARD_PENULTIMATE_SIGMA_SAMPLERS",
     "PREDICTION_TYPES",
     "SCHEDULER_NAMES",
+    "ContinuousEDMSchedule",
     "DiscreteSchedule",
     "OptionalDependencyError",
     "get_sigmas",
@@ -41,10 +42,6 @@ class OptionalDependencyError(LoraLabError, ImportError):
     """A feature needs a package that is an optional dependency of lora-lab."""
 
 
-class UnsupportedModelError(LoraLabError):
-    """A checkpoint whose sampling the runner cannot reproduce."""
-
-
 def rescale_zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
     """Lin et al.'s zero-terminal-SNR rescale of sqrt(alpha_bar), in sigma terms (ComfyUI's
     rescale_zero_terminal_snr_sigmas): shift so the last step has alpha_bar 0, scale so the first
@@ -58,11 +55,10 @@ def rescale_zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
 
 
 def schedule_for(handle) -> DiscreteSchedule:
-    """The model's schedule: its prediction type and markers (ztsnr); EDM v-prediction refused."""
+    """The model's schedule: its prediction type and markers (ztsnr; edm_vpred -> continuous EDM)."""
     if getattr(handle, "edm_vpred", None):
-        raise UnsupportedModelError(
-            f"{handle.source}: an EDM v-prediction checkpoint (edm_vpred.* keys, CosXL-style) needs ComfyUI's "
-            "continuous EDM schedule, which the runner does not have yet; sample it in ComfyUI")
+        lo, hi = handle.edm_vpred
+        return ContinuousEDMSchedule(handle.prediction_type, edm_sigma_min=float(lo), edm_sigma_max=float(hi))
     return DiscreteSchedule(handle.prediction_type, zsnr=bool(getattr(handle, "zsnr", False)))
 
 
@@ -137,6 +133,14 @@ class DiscreteSchedule:
         max_sigma, sigma = float(self.sigma_max), float(sigmas[0])
         return math.isclose(max_sigma, sigma, rel_tol=1e-05) or sigma > max_sigma
 
+    def percent_to_sigma(self, percent: float) -> float:
+        """ModelSamplingDiscrete.percent_to_sigma: 0 -> above any sigma, 1 -> 0."""
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return float(self.sigma(torch.tensor((1.0 - percent) * 999.0)))
+
     # -- parameterisation -----------------------------------------------------------------
     def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """k-diffusion x (B, C, H, W) -> the UNet's input, scaled to unit variance."""
@@ -164,6 +168,46 @@ class DiscreteSchedule:
         return latent
 
 
+@dataclass(frozen=True, eq=False)
+class ContinuousEDMSchedule(DiscreteSchedule):
+    """ComfyUI's ModelSamplingContinuousEDM (with V_PREDICTION: ModelType.V_PREDICTION_EDM, the
+    `edm_vpred.sigma_min/max` checkpoints such as CosXL): a continuous sigma range instead of
+    SD's 1000 training steps. `sigmas` is 1000 log-spaced values over [sigma_min, sigma_max]
+    (what the table-based schedulers walk), the UNet's timestep is 0.25 * log(sigma), and the
+    parameterisation (v-prediction, sigma_data 1) is DiscreteSchedule's.
+    """
+
+    prediction_type: str = "v_prediction"
+    edm_sigma_min: float = 0.002
+    edm_sigma_max: float = 120.0  # ComfyUI's defaults
+
+    def __post_init__(self):
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        lo, hi = self.edm_sigma_min, self.edm_sigma_max
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 < lo < hi):
+            raise ValueError(f"EDM sigma range {lo!r} .. {hi!r} must satisfy 0 < sigma_min < sigma_max (finite)")
+        sigmas = torch.linspace(math.log(lo), math.log(hi), 1000).exp()  # float32, as ComfyUI builds it
+        object.__setattr__(self, "sigmas", sigmas)
+        object.__setattr__(self, "log_sigmas", sigmas.log())
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The UNet's (continuous) timestep: 0.25 * log(sigma)."""
+        return 0.25 * sigma.log()
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        return (timestep / 0.25).exp()
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """Log-linear from sigma_max (0) to sigma_min (1); 0 -> above any sigma, 1 -> 0."""
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        log_min = math.log(self.sigma_min)
+        return math.exp((math.log(self.sigma_max) - log_min) * (1.0 - percent) + log_min)
+
+
 # -- schedulers: (schedule, steps) -> float32 sigmas, decreasing, usually ending in 0 ------------
 def _simple(s: DiscreteSchedule, steps: int) -> torch.Tensor:
     stride = len(s.sigmas) / steps  # evenly spaced training sigmas, from the top
@@ -186,7 +230,7 @@ def _ddim_uniform(s: DiscreteSchedule, steps: int) -> torch.Tensor:
 
 
 def _normal(s: DiscreteSchedule, steps: int, sgm: bool = False) -> torch.Tensor:
-    start, end = s.timestep(s.sigma_max), s.timestep(s.sigma_min)  # 0-d int64: 999, 0
+    start, end = s.timestep(s.sigma_max), s.timestep(s.sigma_min)  # 0-d: 999, 0 (EDM: 0.25 log sigma)
     append_zero = True
     if sgm:
         timesteps = torch.linspace(start, end, steps + 1)[:-1]

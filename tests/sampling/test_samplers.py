@@ -20,8 +20,17 @@ from lora_lab.nodes.sampling.schedules import (
 
 HAS_TORCHSDE = importlib.util.find_spec("torchsde") is not None
 HAS_SCIPY = importlib.util.find_spec("scipy") is not None
-DETERMINISTIC = ("euler", "heun", "dpm_2", "lms", "dpmpp_2m", "ddim", "uni_pc", "uni_pc_bh2")
-ANCESTRAL = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddpm", "lcm")
+DETERMINISTIC = (
+    "euler", "heun", "dpm_2", "lms", "dpmpp_2m", "ddim", "uni_pc", "uni_pc_bh2", "euler_cfg_pp", "heunpp2",
+    "dpmpp_2m_cfg_pp", "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "gradient_estimation",
+    "gradient_estimation_cfg_pp",
+)  # fmt: skip
+OWN_STEPS = ("dpm_fast", "dpm_adaptive")  # deterministic, but their own t-steps, ending at the last non-zero sigma
+ANCESTRAL = (
+    "euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddpm", "lcm", "euler_ancestral_cfg_pp",
+    "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "er_sde", "seeds_2",
+    "seeds_3", "sa_solver", "sa_solver_pece",
+)  # fmt: skip
 RUNNABLE = tuple(n for n in SAMPLER_NAMES if HAS_TORCHSDE or n not in SDE_SAMPLER_NAMES)
 STEPS = (1, 2, 4, 10, 20, 25)  # divisors of 1000, so ddim_uniform gives exactly steps + 1 sigmas
 
@@ -190,7 +199,7 @@ def _toy_denoiser(x, sigma):  # (B,) sigma; not exact, so noise draws matter
 def test_exact_denoiser_converges_to_x0(eps, name):
     x0 = _x0()
     sigmas = get_sigmas(eps, "karras", 10, sampler_name=name)
-    out = sample(name, lambda x, s: x0, _start(eps, sigmas), sigmas, seed=1)
+    out = sample(name, lambda x, s: x0, _start(eps, sigmas), sigmas, seed=1, schedule=eps)
     # uni_pc stops at sigma 0.001 rather than 0, so its error is of that order
     tol = 5e-3 if name.startswith("uni_pc") else 1e-4
     assert (out - x0).abs().max() < tol, name
@@ -199,8 +208,8 @@ def test_exact_denoiser_converges_to_x0(eps, name):
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_same_seed_same_result(eps, name):
     sigmas = get_sigmas(eps, "normal", 6, sampler_name=name)
-    a = sample(name, _toy_denoiser, _start(eps, sigmas), sigmas, seed=7)
-    b = sample(name, _toy_denoiser, _start(eps, sigmas), sigmas, seed=7)
+    a = sample(name, _toy_denoiser, _start(eps, sigmas), sigmas, seed=7, schedule=eps)
+    b = sample(name, _toy_denoiser, _start(eps, sigmas), sigmas, seed=7, schedule=eps)
     assert torch.isfinite(a).all() and torch.equal(a, b)
 
 
@@ -208,14 +217,16 @@ def test_same_seed_same_result(eps, name):
 def test_different_seeds_differ_for_stochastic_samplers(eps, name):
     sigmas = get_sigmas(eps, "normal", 6)
     x = _start(eps, sigmas)
-    assert not torch.equal(sample(name, _toy_denoiser, x, sigmas, seed=1), sample(name, _toy_denoiser, x, sigmas, seed=2))
+    a = sample(name, _toy_denoiser, x, sigmas, seed=1, schedule=eps)
+    assert not torch.equal(a, sample(name, _toy_denoiser, x, sigmas, seed=2, schedule=eps))
 
 
-@pytest.mark.parametrize("name", [n for n in DETERMINISTIC if n != "ddim"])
+@pytest.mark.parametrize("name", [n for n in DETERMINISTIC + OWN_STEPS if n != "ddim"])
 def test_seed_does_not_matter_for_deterministic_samplers(eps, name):
     sigmas = get_sigmas(eps, "normal", 6, sampler_name=name)
     x = _start(eps, sigmas)
-    assert torch.equal(sample(name, _toy_denoiser, x, sigmas, seed=1), sample(name, _toy_denoiser, x, sigmas, seed=2))
+    a = sample(name, _toy_denoiser, x, sigmas, seed=1, schedule=eps)
+    assert torch.equal(a, sample(name, _toy_denoiser, x, sigmas, seed=2, schedule=eps))
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
@@ -226,11 +237,14 @@ def test_inputs_untouched_callback_and_interrupt_every_step(eps, name, monkeypat
     checks, calls = [], []
     for mod in ("samplers_kdiff", "samplers_unipc"):
         monkeypatch.setattr(f"lora_lab.nodes.sampling.{mod}.check_interrupt", lambda: checks.append(1))
-    sample(name, _toy_denoiser, x, sigmas, seed=3, callback=lambda i, n, xi, d: calls.append((i, n, xi.shape, d.shape)))
+    sample(name, _toy_denoiser, x, sigmas, seed=3, callback=lambda i, n, xi, d: calls.append((i, n, xi.shape, d.shape)), schedule=eps)
     assert torch.equal(x, x_before) and torch.equal(sigmas, sig_before)
-    assert [c[0] for c in calls] == list(range(5)) and {c[1] for c in calls} == {5}
-    assert all(c[2] == x.shape and c[3] == x.shape for c in calls)
-    assert len(checks) == 5
+    assert all(c[2] == x.shape and c[3] == x.shape for c in calls) and {c[1] for c in calls} == {5}
+    if name in OWN_STEPS:  # one call and one interrupt check per solver step, however many
+        assert [c[0] for c in calls] == list(range(len(calls))) and len(checks) == len(calls) >= 1
+    else:
+        assert [c[0] for c in calls] == list(range(5))
+        assert len(checks) == 5
 
 
 def test_interrupt_stops_sampling(eps, monkeypatch):
@@ -271,7 +285,7 @@ def test_sde_samplers_without_torchsde_say_what_to_install(eps, name, monkeypatc
     sigmas = get_sigmas(eps, "karras", 3)
     called = []
     with pytest.raises(OptionalDependencyError, match=f"'{name}'.*torchsde"):
-        sample(name, lambda x, s: called.append(1) or x, _start(eps, sigmas), sigmas, seed=0)
+        sample(name, lambda x, s: called.append(1) or x, _start(eps, sigmas), sigmas, seed=0, schedule=eps)
     assert not called  # failed before any model call
 
 
