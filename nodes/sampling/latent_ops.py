@@ -123,8 +123,9 @@ def common_upscale(samples: torch.Tensor, width: int, height: int, method: str, 
             y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
         s = samples.narrow(-2, y, old_h - y * 2).narrow(-1, x, old_w - x * 2)
     if method == "bislerp":
-        raise NodeInputError(node, "upscale_method", method, "bislerp is not supported by the headless runner yet; "
-                             "use nearest-exact, bilinear, area or bicubic")
+        from .bislerp import bislerp
+
+        return bislerp(s, width, height)
     if method == "lanczos":
         return _lanczos(s, width, height)
     return torch.nn.functional.interpolate(s, size=(height, width), mode=method)
