@@ -145,14 +145,16 @@ def family_of_name(name: str) -> str | None:
 
 
 def model_names(prompt: dict, ui: dict | None) -> list[str]:
-    """Model file names of the graph: its inputs, and the UI widgets (kept for nodes we have no schema of)."""
-    values = [v for n in prompt.values() for v in (n.get("inputs") or {}).values()]
-    for n in (ui or {}).get("nodes", []):
-        values += n.get("widgets_values") or [] if isinstance(n.get("widgets_values"), list) else []
-    if isinstance(ui, dict):
-        for sub in (ui.get("definitions") or {}).get("subgraphs") or []:
-            values += model_names({}, sub)
-    return sorted({v for v in values if isinstance(v, str) and MODEL_FILE.search(v)})
+    """Model file names of the graph: its inputs, and the UI widgets (kept for nodes we have no schema
+    of); the diffusion model's loaders (checkpoint / UNet) first, then the rest (text encoders, VAE...)."""
+    nodes = [(n.get("class_type"), list((n.get("inputs") or {}).values())) for n in prompt.values()]
+    nodes += [(n.get("type"), n["widgets_values"]) for n in (ui or {}).get("nodes", [])
+              if isinstance(n.get("widgets_values"), list)]
+    for sub in ((ui or {}).get("definitions") or {}).get("subgraphs") or []:
+        nodes += [(n.get("type"), n["widgets_values"]) for n in sub.get("nodes", []) if isinstance(n.get("widgets_values"), list)]
+    nodes.sort(key=lambda tv: not re.search(r"Checkpoint|UNET|Unet", str(tv[0])))
+    names = [v for _, values in nodes for v in values if isinstance(v, str) and MODEL_FILE.search(v)]
+    return list(dict.fromkeys(names))
 
 
 def classify(prompt: dict, ui: dict | None = None) -> tuple[str, dict]:

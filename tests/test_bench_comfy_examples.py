@@ -103,3 +103,23 @@ def test_survey_runs_classifies_and_explains(bench, tmp_path, capsys):
     assert "1 of 2 SD 1.x/2.x/SDXL examples run headless (1 as `lora-lab run FILE` reads them" in out
     assert "   1  ControlNet / T2I-Adapter: cn" in out
     assert "steps capped at 2" in out
+
+
+def test_stand_ins_take_the_layout_their_name_asks_for(bench, tmp_path):
+    """An inpainting name gets a 9-channel UNet, an SD 2.x 768 name a v-prediction checkpoint, a
+    pickled name a .ckpt our loader reads; a LoRA under any name matches every one of its layers."""
+    from lora_lab.nodes.lora.lora_formats import read_lora
+    from lora_lab.nodes.lora.patcher import match_report
+    from lora_lab.nodes.model.checkpoint import load_single_file
+
+    stand_ins = bench.stand_ins
+    want = {"512-inpainting-ema.safetensors": ("SD 2.x", "sd2", "epsilon", 9),
+            "v2-1_768-ema-pruned.ckpt": ("SD 2.x", "sd2", "v_prediction", 4),
+            "sd_xl_base_1.0.safetensors": ("SDXL", "sdxl", "epsilon", 4)}
+    for name, (fam, family, prediction, channels) in want.items():
+        stand_ins.write_checkpoint(tmp_path, name, fam)
+        h = load_single_file(tmp_path / "checkpoints" / name)
+        assert (h.family, h.prediction_type, h.unet.config.in_channels) == (family, prediction, channels), name
+    stand_ins.write_lora(tmp_path, "lcm_lora_sdxl.safetensors", "SDXL")
+    report = match_report(h, read_lora(tmp_path / "loras" / "lcm_lora_sdxl.safetensors"))
+    assert report.total > 0 and len(report.adapters) == report.total and not report.unmatched
