@@ -3,6 +3,8 @@
     Load Checkpoint (Model / Model hash) -> Sample (prompt with its <lora:...> tags and
     embeddings, negative prompt, Seed, Steps, CFG scale, Sampler + Schedule type, Size,
     Clip skip) -> Save Image
+    with a hires fix: Sample -> LatentUpscale / ImageScale -> Sample (denoise) -> Save Image
+    (a1111_hires: A1111's target size, latent and pixel upscalers, Hires steps / sampler / prompt)
 
 - Checkpoint: by `Model hash` (A1111's 10-digit SHA-256 prefix, or the old 8-digit hash)
   and by `Model` (the file name without extension, anywhere under the checkpoints folder).
@@ -17,7 +19,7 @@
   from the seed); its default "GPU" RNG (not written in the text) and "NV" draw other
   numbers; ancestral and SDE samplers also draw their step noise differently. See README.
 
-Fields that change the image but have no counterpart here (Hires fix, ENSD, variation
+Fields that change the image but have no counterpart here (an upscaler model, ENSD, variation
 seeds, ADetailer, ...) are returned by name with the reason, and the loader logs them.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ..io.png_params import (
     parse_size,
     split_sampler,
 )
+from .a1111_hires import HIRES_KEYS, USED_HIRES, HiresPlan, hires_plan
 from .workflow_ui import WorkflowError
 
 log = logging.getLogger(__name__)
@@ -65,16 +68,19 @@ def _int(fields: dict, key: str, default: int | None = None) -> int | None:
         raise WorkflowError(f"A1111 parameters: {key}: {value!r} is not a number") from None
 
 
-def _sampler(fields: dict) -> tuple[str, str]:
-    """(ComfyUI sampler, ComfyUI scheduler) from Sampler / Schedule type."""
+def _sampler(fields: dict, prefix: str = "") -> tuple[str, str]:
+    """(ComfyUI sampler, ComfyUI scheduler) from Sampler / Schedule type (prefix "Hires ": the second pass's)."""
     from ..sampling.samplers import SAMPLER_NAMES
     from ..sampling.schedules import SCHEDULER_NAMES
 
     raw = fields.get("Sampler") or "Euler a"  # A1111's default sampler
     a1111, schedule = split_sampler(raw, fields.get("Schedule type"))
+    if prefix:
+        raw = fields.get(f"{prefix}sampler") or a1111
+        a1111, schedule = split_sampler(raw, fields.get(f"{prefix}schedule type") or schedule)
     sampler = COMFY_SAMPLERS.get(a1111) or (a1111 if a1111 in SAMPLER_NAMES else None)
     if sampler is None:
-        raise WorkflowError(f"A1111 parameters: Sampler: {raw!r} has no counterpart here "
+        raise WorkflowError(f"A1111 parameters: {prefix}Sampler: {raw!r} has no counterpart here "
                             f"(known: {', '.join(sorted(COMFY_SAMPLERS))})")
     if "Schedule type" not in fields and schedule == "Automatic":
         schedule = "Normal"  # before 1.9 a bare name used the model's own sigmas
@@ -82,7 +88,7 @@ def _sampler(fields: dict) -> tuple[str, str]:
         return sampler, AUTOMATIC_SCHEDULES.get(a1111, "normal")
     scheduler = COMFY_SCHEDULES.get(schedule) or (schedule if schedule in SCHEDULER_NAMES else None)
     if scheduler is None:
-        raise WorkflowError(f"A1111 parameters: Schedule type: {schedule!r} has no counterpart here "
+        raise WorkflowError(f"A1111 parameters: {prefix}Schedule type: {schedule!r} has no counterpart here "
                             f"(known: {', '.join(sorted(COMFY_SCHEDULES))})")
     return sampler, scheduler
 
@@ -179,8 +185,12 @@ def _unmapped_fields(fields: dict) -> dict[str, str]:
     for key, value in fields.items():
         if key in USED:
             continue
-        if key.startswith("Hires") or key == "Denoising strength":
-            out[key] = f"{value} (hires fix: no second pass here; the image is made at the first-pass Size)"
+        if key in USED_HIRES and any(k in fields for k in HIRES_KEYS):
+            continue  # the hires second pass (a1111_hires)
+        if key == "Denoising strength":
+            out[key] = f"{value} (img2img: the source picture is not in the parameters; text to image here)"
+        elif key.startswith("Hires"):
+            out[key] = f"{value} (hires fix: not reproduced; the second pass uses the first pass's setting)"
         elif key == "ENSD":
             out[key] = f"{value} (A1111's eta noise seed delta for ancestral samplers has no counterpart)"
         else:
@@ -215,4 +225,33 @@ def graph_from_parameters(text: str, name: str = "a1111") -> A1111Graph:
         "3": {"class_type": "LoraLabSaveImage", "_meta": {"title": "Save Image"},
               "inputs": {"images": ["2", 0], "filename_prefix": f"a1111/{name}"}},
     }
+    plan = hires_plan(fields, size[0], size[1])
+    if plan is not None:
+        _add_hires(graph, plan, fields, unmapped)
     return A1111Graph(graph, unmapped)
+
+
+def _add_hires(graph: dict, plan: HiresPlan, fields: dict, unmapped: dict) -> None:
+    """Sample "2" -> upscale "4" -> second Sample "5" -> Save Image "3" (A1111's hires fix)."""
+    first = graph["2"]["inputs"]
+    unmapped.update({k: f"{fields.get(k, '')} ({why})".lstrip() for k, why in plan.notes.items()})
+    crop = "center" if "Hires resize" in plan.notes else "disabled"
+    if plan.pixel:
+        graph["4"] = {"class_type": "ImageScale", "_meta": {"title": "Hires upscale"}, "inputs": {
+            "image": ["2", 0], "upscale_method": plan.method, "width": plan.width, "height": plan.height,
+            "crop": crop}}
+    else:
+        graph["4"] = {"class_type": "LatentUpscale", "_meta": {"title": "Hires upscale"}, "inputs": {
+            "samples": ["2", 1], "upscale_method": plan.method, "width": plan.width, "height": plan.height,
+            "crop": crop}}
+    sampler, scheduler = _sampler(fields, "Hires ") if (plan.sampler or plan.schedule) else (
+        first["sampler_name"], first["scheduler"])
+    prompt = first["prompt"] if plan.prompt is None else _rename_lora_tags(
+        plan.prompt, parse_hashes_field(fields.get("Lora hashes", "")), unmapped)
+    second = {**first, "prompt": prompt,
+              "negative_prompt": first["negative_prompt"] if plan.negative is None else plan.negative,
+              "steps": plan.steps or first["steps"], "cfg": first["cfg"] if plan.cfg is None else plan.cfg,
+              "sampler_name": sampler, "scheduler": scheduler, "width": plan.width, "height": plan.height,
+              "denoise": plan.denoise, ("image" if plan.pixel else "latent"): ["4", 0]}
+    graph["5"] = {"class_type": "LoraLabSampler", "_meta": {"title": "Hires second pass"}, "inputs": second}
+    graph["3"]["inputs"]["images"] = ["5", 0]

@@ -154,6 +154,72 @@ def _core_settings(graph: dict, sid: str, node: dict) -> dict:
     return out
 
 
+_UPSCALES = {"LatentUpscale": ("samples", False), "LatentUpscaleBy": ("samples", False),
+             "ImageScale": ("image", True), "ImageScaleBy": ("image", True)}
+_PASS_THROUGH = {"VAEEncode": "pixels", "VAEDecode": "samples"}
+
+
+def _node_at(graph: dict, link):
+    if isinstance(link, list) and len(link) == 2 and str(link[0]) in graph:
+        return str(link[0]), graph[str(link[0])]
+    return None, None
+
+
+def _first_pass(graph: dict, sampler: dict):
+    """(first sampler id, its node, the upscale node, pixel?) when `sampler` is a hires second pass:
+    its latent / image comes through an upscale (and VAE encode / decode) from another sampler."""
+    inputs = sampler.get("inputs", {})
+    link = inputs.get("latent_image", inputs.get("latent", inputs.get("image")))
+    upscale, pixel = None, False
+    for _ in range(4):  # second <- [VAEEncode <-] upscale <- [VAEDecode <-] first
+        nid, node = _node_at(graph, link)
+        if node is None:
+            return None
+        ct = node.get("class_type")
+        if ct in SAMPLER_TYPES:
+            return (nid, node, upscale, pixel) if upscale is not None else None
+        if ct in _UPSCALES and upscale is None:
+            upscale, (key, pixel) = node, _UPSCALES[ct]
+            link = node["inputs"].get(key)
+        elif ct in _PASS_THROUGH:
+            link = node["inputs"].get(_PASS_THROUGH[ct])
+        else:
+            return None
+    return None
+
+
+def _settings(graph: dict, sid: str, node: dict) -> dict:
+    if node.get("class_type") == "LoraLabSampler":
+        return {k: _literal(graph, v) for k, v in node.get("inputs", {}).items()}
+    out = _core_settings(graph, sid, node)
+    out["denoise"] = _literal(graph, node.get("inputs", {}).get("denoise"))
+    return out
+
+
+def _hires(graph: dict, sid: str, sampler: dict):
+    """(first pass settings, Hires fields) for a second pass, or None."""
+    from .a1111_hires import hires_fields
+
+    found = _first_pass(graph, sampler)
+    if found is None:
+        return None
+    fid, first_node, upscale, pixel = found
+    first, second = _settings(graph, fid, first_node), _settings(graph, sid, sampler)
+    if not isinstance(second.get("denoise"), (int, float)):
+        log.warning("parameters: the second pass (node %s) has no denoise; no Hires fields written", sid)
+        return None
+    if second.get("seed") != first.get("seed"):
+        log.warning("parameters: the second pass seed %s differs from the first pass's %s; A1111 draws both "
+                    "from one seed (the first is written)", second.get("seed"), first.get("seed"))
+    up = {k: _literal(graph, v) for k, v in upscale.get("inputs", {}).items()}
+    fields = hires_fields(first, second, up, pixel, lambda n: A1111_SAMPLERS.get(n, n),
+                          lambda n: A1111_SCHEDULES.get(n, n))
+    if up.get("upscale_method") and fields.get("Hires upscaler") is None:
+        log.warning("parameters: upscale method %r has no A1111 upscaler name; Hires upscaler left out",
+                    up.get("upscale_method"))
+    return first, fields, fid, first_node
+
+
 def parameters_for(graph: dict | None, unique_id) -> str | None:
     """The `parameters` chunk text for the image saved by node `unique_id`, or None."""
     from ..lora.lora_stack import strip_prompt_loras
@@ -164,10 +230,12 @@ def parameters_for(graph: dict | None, unique_id) -> str | None:
     sid, sampler = _find_upstream(graph, unique_id, SAMPLER_TYPES, "images")
     if sampler is None:
         return None
-    if sampler.get("class_type") == "LoraLabSampler":
-        inp = {k: _literal(graph, v) for k, v in sampler.get("inputs", {}).items()}
+    hires = _hires(graph, sid, sampler)
+    hires_fields = {}
+    if hires is not None:
+        inp, hires_fields, sid, sampler = hires  # the base fields are the first pass's
     else:
-        inp = _core_settings(graph, sid, sampler)
+        inp = _settings(graph, sid, sampler)
     chain = _model_chain(graph, sampler.get("inputs", {}).get("model"))
     loader = next((n for n in chain if n.get("class_type") in CHECKPOINT_TYPES), None)
     model = _model_fields(_literal(graph, loader["inputs"].get("ckpt_name"))) if loader else {}
@@ -197,6 +265,7 @@ def parameters_for(graph: dict | None, unique_id) -> str | None:
         "Size": f"{w}x{h}" if w and h else None,
         **model,
         "Clip skip": clip_skip if isinstance(clip_skip, int) and clip_skip > 1 else None,
+        **hires_fields,
         "Lora hashes": hashes_field([(n.rsplit("/", 1)[-1], _lora_hash(n)) for n in tag_names]),
         "TI hashes": hashes_field(ti),
     }

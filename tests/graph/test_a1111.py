@@ -150,9 +150,9 @@ def test_checkpoint_by_hash_and_lora_by_hash(models):
 
 def test_unmapped_fields_are_named(models):
     g = graph_from_parameters(HIRES)
-    assert {"Hires upscale", "Hires steps", "Hires upscaler", "Denoising strength", "ENSD", "Model hash"} == \
-        set(g.unmapped)
-    assert "hires fix" in g.unmapped["Hires upscale"]
+    # the hires fix is built (a1111_hires); the ESRGAN model is replaced by Lanczos, and named
+    assert {"Hires upscaler", "ENSD", "Model hash"} == set(g.unmapped)
+    assert "upscaler model" in g.unmapped["Hires upscaler"]
 
 
 def _png(path, text):
@@ -166,7 +166,7 @@ def test_load_workflow_reads_an_a1111_png(models, tmp_path, caplog):
     png = _png(tmp_path / "civitai_00012.png", HIRES)
     wf = load_workflow(png, {})
     assert wf.prompt == graph_from_parameters(HIRES, "civitai_00012").prompt
-    assert "Hires upscale" in caplog.text and set(wf.unmapped) >= {"Hires upscale"}
+    assert "Hires upscaler" in caplog.text and set(wf.unmapped) >= {"Hires upscaler"}
     Image.new("RGB", (8, 8)).save(tmp_path / "bare.png")
     with pytest.raises(WorkflowError, match="no A1111 'parameters' chunk"):
         load_workflow(tmp_path / "bare.png", {})
@@ -186,9 +186,11 @@ def test_realistic_parameters_run_headless_and_write_what_they_describe(models, 
         size, params = im.size, im.text["parameters"]
     want_prompt, want_neg, want = parse_infotext(text)
     prompt, negative, got = parse_infotext(params)
-    assert size == tuple(int(v) for v in want["Size"].split("x"))
+    scale = int(want.get("Hires upscale", 1))  # the hires fix: the second pass's size
+    assert size == tuple(int(v) * scale for v in want["Size"].split("x"))
     assert (prompt, negative) == (want_prompt, want_neg)
-    for key in ("Steps", "CFG scale", "Seed", "Size", "Clip skip"):
+    for key in ("Steps", "CFG scale", "Seed", "Size", "Clip skip", "Hires upscale", "Hires steps",
+                "Denoising strength"):
         assert got.get(key) == want.get(key), key
     want_sampler = split_sampler(want["Sampler"], want.get("Schedule type"))
     assert (got["Sampler"], got["Schedule type"]) == want_sampler
