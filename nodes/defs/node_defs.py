@@ -93,11 +93,13 @@ class LoraLabSampler:
                 "image": ("IMAGE", {"tooltip": "start from this image, encoded with the VAE (img2img)"}),
                 "mask": ("MASK", {"tooltip": "inpainting: 1 = redraw, 0 = keep"}),
                 "vae": (VAE, {"tooltip": "a VAE from Load VAE, used instead of the checkpoint's"}),
+                "a1111_noise": ("LORA_LAB_A1111_NOISE", {"tooltip": "from A1111 Noise: draw the noise as A1111 "
+                                                                    "does instead of as ComfyUI does"}),
             },
         }
 
     def sample(self, model, prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
-               batch_size, clip_skip=0, denoise=1.0, latent=None, image=None, mask=None, vae=None):
+               batch_size, clip_skip=0, denoise=1.0, latent=None, image=None, mask=None, vae=None, a1111_noise=None):
         from ..demo.demo_lora import ensure_named
         from ..io import notices
         from ..io.progress import Progress
@@ -107,7 +109,7 @@ class LoraLabSampler:
         ensure_named(e.name for e in strip_prompt_loras(prompt)[1])  # <lora:...> tags naming a demo LoRA
 
         s = SampleSettings(prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
-                           batch_size, clip_skip)
+                           batch_size, clip_skip, a1111_noise=a1111_noise)
         from .nodes_vae import decode_with, start_latent
 
         start = start_latent(model, latent, image, mask, vae)
@@ -245,8 +247,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
 }
 
 # Nodes of the other areas live in their own modules (each as thin as these).
-from . import nodes_merge, nodes_sweep, nodes_train, nodes_vae
+from . import nodes_a1111, nodes_merge, nodes_sweep, nodes_train, nodes_vae
 
-for _area in (nodes_merge, nodes_train, nodes_sweep, nodes_vae):
+for _area in (nodes_merge, nodes_train, nodes_sweep, nodes_vae, nodes_a1111):
     NODE_CLASS_MAPPINGS.update(_area.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_area.NODE_DISPLAY_NAME_MAPPINGS)

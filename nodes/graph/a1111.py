@@ -15,12 +15,12 @@
 - Sampler names map by png_params' tables; "Schedule type: Automatic" is the sampler's
   default in A1111 >= 1.9 (Karras for DPM++ 2M, ...); an old combined name ("DPM++ 2M
   Karras") is split; an old bare name had the model's own schedule ("normal").
-- Seeds: A1111's "CPU" RNG draws the initial noise exactly as we do (torch.randn on the CPU
-  from the seed); its default "GPU" RNG (not written in the text) and "NV" draw other
-  numbers; ancestral and SDE samplers also draw their step noise differently. See README.
+- Seeds: Sample gets an A1111 Noise node (a1111_seed): A1111's per-image noise with its RNG
+  source (CPU exactly, NV = its Philox; the default GPU, not written, is taken as NV),
+  variation seed, seed resize and ENSD for the ancestral samplers' step noise. See README.
 
-Fields that change the image but have no counterpart here (an upscaler model, ENSD, variation
-seeds, ADetailer, ...) are returned by name with the reason, and the loader logs them.
+Fields that change the image but have no counterpart here (an upscaler model, ADetailer,
+Eta, ...) are returned by name with the reason, and the loader logs them.
 """
 from __future__ import annotations
 
@@ -42,13 +42,14 @@ from ..io.png_params import (
     split_sampler,
 )
 from .a1111_hires import HIRES_KEYS, USED_HIRES, HiresPlan, hires_plan
+from .a1111_seed import NOISE_NODE, SEED_FIELDS, noise_inputs
 from .workflow_ui import WorkflowError
 
 log = logging.getLogger(__name__)
 
 # Fields the graph reproduces, or that only describe the files (read, not "unmapped").
 USED = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model", "Model hash", "Clip skip",
-        "Lora hashes", "TI hashes", "Hashes", "Version", "User", "RNG"}
+        "Lora hashes", "TI hashes", "Hashes", "Version", "User", *SEED_FIELDS}
 _TAG_NAME = re.compile(r"<(lora|lyco):([^:>]+)")
 
 
@@ -191,13 +192,8 @@ def _unmapped_fields(fields: dict) -> dict[str, str]:
             out[key] = f"{value} (img2img: the source picture is not in the parameters; text to image here)"
         elif key.startswith("Hires"):
             out[key] = f"{value} (hires fix: not reproduced; the second pass uses the first pass's setting)"
-        elif key == "ENSD":
-            out[key] = f"{value} (A1111's eta noise seed delta for ancestral samplers has no counterpart)"
         else:
             out[key] = f"{value} (not reproduced)"
-    rng = fields.get("RNG")
-    if rng and rng != "CPU":
-        out["RNG"] = f"{rng} (only A1111's CPU noise is drawn here; {rng} noise differs)"
     return out
 
 
@@ -225,6 +221,9 @@ def graph_from_parameters(text: str, name: str = "a1111") -> A1111Graph:
         "3": {"class_type": "LoraLabSaveImage", "_meta": {"title": "Save Image"},
               "inputs": {"images": ["2", 0], "filename_prefix": f"a1111/{name}"}},
     }
+    graph["6"] = {"class_type": NOISE_NODE, "_meta": {"title": "A1111 Noise"},
+                  "inputs": noise_inputs(fields, unmapped)}
+    graph["2"]["inputs"]["a1111_noise"] = ["6", 0]  # A1111's noise (the hires pass copies the link)
     plan = hires_plan(fields, size[0], size[1])
     if plan is not None:
         _add_hires(graph, plan, fields, unmapped)

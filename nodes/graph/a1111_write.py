@@ -220,6 +220,16 @@ def _hires(graph: dict, sid: str, sampler: dict):
     return first, fields, fid, first_node
 
 
+def _noise_fields(graph: dict, sampler: dict) -> dict:
+    """RNG / Variation seed / Seed resize from / ENSD from the A1111 Noise node feeding Sample."""
+    from .a1111_seed import NOISE_NODE, noise_fields
+
+    _, node = _node_at(graph, sampler.get("inputs", {}).get("a1111_noise"))
+    if node is None or node.get("class_type") != NOISE_NODE:
+        return {}
+    return noise_fields({k: _literal(graph, v) for k, v in node.get("inputs", {}).items()})
+
+
 def parameters_for(graph: dict | None, unique_id) -> str | None:
     """The `parameters` chunk text for the image saved by node `unique_id`, or None."""
     from ..lora.lora_stack import strip_prompt_loras
@@ -265,6 +275,7 @@ def parameters_for(graph: dict | None, unique_id) -> str | None:
         "Size": f"{w}x{h}" if w and h else None,
         **model,
         "Clip skip": clip_skip if isinstance(clip_skip, int) and clip_skip > 1 else None,
+        **_noise_fields(graph, sampler),
         **hires_fields,
         "Lora hashes": hashes_field([(n.rsplit("/", 1)[-1], _lora_hash(n)) for n in tag_names]),
         "TI hashes": hashes_field(ti),

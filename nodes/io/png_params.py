@@ -59,7 +59,7 @@ FIELD_ORDER = (
     "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
     "Model hash", "Model", "FP8 weight", "Cache FP16 weight for LoRA", "VAE hash", "VAE", "Variation seed",
     "Variation seed strength", "Seed resize from", "Denoising strength", "Conditional mask weight", "Clip skip",
-    "ENSD", "Tiling",
+    "ENSD", "RNG", "Tiling",
 )
 LAST_FIELDS = ("Version", "User")
 

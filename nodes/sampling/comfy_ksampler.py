@@ -50,6 +50,7 @@ class KSamplerSettings:
     last_step: int | None = None
     force_full_denoise: bool = False
     node: str = "KSampler"
+    a1111_noise: object = None  # noise_a1111.A1111Noise: A1111's noise (a new ImageRNG per pass)
 
     def __post_init__(self):
         from .sampler_names import SAMPLER_NAMES
@@ -320,7 +321,12 @@ def ksampler(handle, s: KSamplerSettings, positive, negative, latent: dict, call
     if samples.ndim != 4 or samples.shape[1] != 4:
         raise NodeInputError(s.node, "latent_image", tuple(samples.shape), "expected SD latents [B, 4, h, w]")
     shape = tuple(samples.shape)
-    if s.add_noise:
+    step_seed = s.seed
+    if s.add_noise and s.a1111_noise is not None:
+        from .noise_a1111 import initial_noise
+
+        noise, step_seed = initial_noise(shape, s.seed, s.a1111_noise)
+    elif s.add_noise:
         noise = prepare_noise_indexed(shape, s.seed, latent.get("batch_index"))
     else:
         noise = torch.zeros(shape)
@@ -364,6 +370,6 @@ def ksampler(handle, s: KSamplerSettings, positive, negative, latent: dict, call
 
     x = schedule.noise_scaling(sigmas[0], noise, latent_in, schedule.max_denoise(sigmas))
     step_cb = None if callback is None else (lambda i, total, xi, d: callback(i, total, xi, d))
-    out = sample(s.sampler_name, denoiser, x, sigmas, s.seed, step_cb, schedule=schedule)
+    out = sample(s.sampler_name, denoiser, x, sigmas, step_seed, step_cb, schedule=schedule)
     out = schedule.inverse_noise_scaling(sigmas[-1], out).float().cpu()
     return {**latent, "samples": out / scale}

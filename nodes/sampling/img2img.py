@@ -52,7 +52,8 @@ def sample_latent(handle, s: SampleSettings, latent: dict | None = None, denoise
     clip_skip = s.clip_skip or None
     pos = conditioning_for(handle, prompt, clip_skip)
     neg = conditioning_for(handle, negative, clip_skip)
-    ks = KSamplerSettings(s.seed, s.steps, s.cfg, s.sampler_name, s.scheduler, denoise=float(denoise), node=NODE)
+    ks = KSamplerSettings(s.seed, s.steps, s.cfg, s.sampler_name, s.scheduler, denoise=float(denoise), node=NODE,
+                          a1111_noise=s.a1111_noise)
     callback = None if progress is None else (lambda *a: progress.update(1))
     return ksampler(handle, ks, pos, neg, latent if latent is not None else empty_latent(s), callback=callback)
 

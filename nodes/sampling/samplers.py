@@ -109,9 +109,13 @@ def sample(sampler_name: str, denoiser: Denoiser, x: torch.Tensor, sigmas: torch
     if callback is not None:
         step_cb = lambda i, xi, denoised: callback(i, total, xi, denoised)
     log.debug("sampling %s: %d steps, sigma %.4g -> %.4g", sampler_name, total, float(sigmas[0]), float(sigmas[-1]))
+    # A1111 noise (noise_a1111.ImageNoise) reaches the step noise of every sampler drawing it
+    # through default_noise_sampler; SDE samplers get its int (the first image's seed: their tree)
+    keep = hasattr(seed, "noise_sampler") and sampler_name not in SDE_SAMPLERS
+    seed = seed if keep else int(seed)
     if sampler_name in SCHEDULE_SAMPLER_NAMES:
-        return _SAMPLERS[sampler_name](denoiser, x, sigmas, int(seed), step_cb, schedule)
-    return _SAMPLERS[sampler_name](denoiser, x, sigmas, int(seed), step_cb)
+        return _SAMPLERS[sampler_name](denoiser, x, sigmas, seed, step_cb, schedule)
+    return _SAMPLERS[sampler_name](denoiser, x, sigmas, seed, step_cb)
 
 
 def cfg_denoiser(apply_model, schedule: DiscreteSchedule, cond, uncond, cfg: float, concat=None) -> Denoiser:

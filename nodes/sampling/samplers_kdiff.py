@@ -131,7 +131,12 @@ def lms_coefficient(order: int, t: numpy.ndarray, i: int, j: int) -> float:
 
 
 def default_noise_sampler(x: torch.Tensor, seed: int):
-    """Fresh N(0, 1) like x from one generator on x's device, seeded with the sampler seed."""
+    """Fresh N(0, 1) like x from one generator on x's device, seeded with the sampler seed.
+
+    A seed object with its own noise_sampler (noise_a1111.ImageNoise: A1111's per-image
+    generators) draws the step noise instead."""
+    if hasattr(seed, "noise_sampler"):
+        return seed.noise_sampler(x)
     generator = torch.Generator(device=x.device)
     generator.manual_seed(seed)
     return lambda sigma, sigma_next: torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device, generator=generator)

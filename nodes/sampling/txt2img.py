@@ -29,6 +29,7 @@ class SampleSettings:
     batch_size: int = 1
     clip_skip: int = 0  # 0 = the family's default (A1111 terms: 1 = last layer, 2 = penultimate)
     batch_cfg: bool = True  # cond and uncond in one UNet call per step (False: two calls, less memory)
+    a1111_noise: object = None  # noise_a1111.A1111Noise: A1111's noise instead of ComfyUI's
 
     def __post_init__(self):
         from .samplers import SAMPLER_NAMES
@@ -159,7 +160,8 @@ def txt2img_latents(handle, s: SampleSettings, progress=None) -> torch.Tensor:
     """The sampled latents [B, 4, h, w] in the model's (scaled) latent space."""
     from ..lora.lora_stack import add_loras, strip_prompt_loras
     from ..lora.patcher import activate
-    from .samplers import ksample, prepare_noise
+    from .noise_a1111 import initial_noise
+    from .samplers import ksample
     from .schedules import get_sigmas, schedule_for
 
     if handle.unet.config.in_channels != 4:
@@ -181,7 +183,7 @@ def txt2img_latents(handle, s: SampleSettings, progress=None) -> torch.Tensor:
 
     shape = (s.batch_size, handle.unet.config.out_channels, s.height // 8, s.width // 8)
     latent = torch.zeros(shape)  # ComfyUI's EmptyLatentImage
-    noise = prepare_noise(shape, s.seed)
+    noise, step_seed = initial_noise(shape, s.seed, s.a1111_noise)  # ComfyUI's, or A1111's
     schedule = schedule_for(handle)
     sigmas = get_sigmas(schedule, s.scheduler, s.steps, sampler_name=s.sampler_name)
 
@@ -190,5 +192,5 @@ def txt2img_latents(handle, s: SampleSettings, progress=None) -> torch.Tensor:
             progress.update(1)
 
     return ksample(_apply_model_fn(handle.unet), schedule, latent.to(device), noise.to(device),
-                   sigmas.to(device), cond, uncond, s.cfg, s.sampler_name, s.seed, callback=callback,
+                   sigmas.to(device), cond, uncond, s.cfg, s.sampler_name, step_seed, callback=callback,
                    concat=concat_conds if s.batch_cfg else None)

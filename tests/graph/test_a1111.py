@@ -110,7 +110,12 @@ def test_v110_graph(models):
     assert s["negative_prompt"] == "(worst quality, low quality:1.4), EasyNegative"
     assert [g.prompt[k]["class_type"] for k in "123"] == ["LoraLabCheckpointLoader", "LoraLabSampler",
                                                           "LoraLabSaveImage"]
-    assert set(g.unmapped) == {"Model hash"}  # the copy's hash is not 6ce0161689: named, name used
+    assert set(g.unmapped) == {"Model hash", "RNG"}  # the copy's hash is not 6ce0161689: named, name used
+    assert "drawn as A1111's NV" in g.unmapped["RNG"]  # no RNG field: A1111's default GPU noise
+    assert g.prompt["6"] == {"class_type": "LoraLabA1111Noise", "_meta": {"title": "A1111 Noise"}, "inputs": {
+        "rng": "NV", "variation_seed": 0, "variation_strength": 0.0, "resize_seed_from_width": 0,
+        "resize_seed_from_height": 0, "eta_noise_seed_delta": 0}}
+    assert s["a1111_noise"] == ["6", 0]
 
 
 def test_sampler_schedule_mapping(models):
@@ -141,7 +146,7 @@ def test_checkpoint_by_hash_and_lora_by_hash(models):
 
     assert _sample(g)["prompt"].split(">")[0] in ("<lora:some_file:0.7", f"<lora:{DEMO_CHARACTER[:-12]}:0.7")
     assert _sample(g)["scheduler"] == "normal"  # Euler's Automatic: the model's own sigmas
-    assert g.unmapped == {}
+    assert set(g.unmapped) == {"RNG"}
     with pytest.raises(WorkflowError, match="no checkpoint for Model: None, Model hash: 'ffffffffff'"):
         graph_from_parameters(CIVITAI.format(model_hash="ffffffffff", lora_hash="0"))
     missing = graph_from_parameters(text.replace(lora_short_hash(lora, read_header(lora)[1]), "000000000000"))
@@ -151,7 +156,8 @@ def test_checkpoint_by_hash_and_lora_by_hash(models):
 def test_unmapped_fields_are_named(models):
     g = graph_from_parameters(HIRES)
     # the hires fix is built (a1111_hires); the ESRGAN model is replaced by Lanczos, and named
-    assert {"Hires upscaler", "ENSD", "Model hash"} == set(g.unmapped)
+    assert {"Hires upscaler", "RNG", "Model hash"} == set(g.unmapped)
+    assert g.prompt["6"]["inputs"]["eta_noise_seed_delta"] == 31337  # ENSD: the ancestral step noise's seed
     assert "upscaler model" in g.unmapped["Hires upscaler"]
 
 

@@ -58,7 +58,8 @@ def test_latent_hires_builds_the_second_pass(models):
                                    "clip_skip")} == \
         {k: first[k] for k in ("prompt", "negative_prompt", "seed", "cfg", "sampler_name", "scheduler", "clip_skip")}
     assert (first["width"], first["height"], first.get("denoise", 1.0)) == (64, 96, 1.0)
-    assert graph_from_parameters(_text("Hires upscale: 2, Hires upscaler: Latent, "), "h").unmapped == {}
+    assert graph_from_parameters(_text("Hires upscale: 2, Hires upscaler: Latent, RNG: CPU, "), "h").unmapped == {}
+    assert second["a1111_noise"] == first["a1111_noise"] == ["6", 0]  # a new ImageRNG per pass, same settings
 
 
 def test_hires_own_settings_and_defaults(models):
@@ -80,7 +81,7 @@ def test_pixel_upscalers_and_models_are_named(models):
     g = graph_from_parameters(_text("Hires upscale: 2, Hires upscaler: Lanczos, "), "h")
     assert g.prompt["4"]["class_type"] == "ImageScale" and g.prompt["4"]["inputs"]["image"] == ["2", 0]
     assert g.prompt["5"]["inputs"]["image"] == ["4", 0] and "latent" not in g.prompt["5"]["inputs"]
-    assert g.unmapped == {}
+    assert set(g.unmapped) == {"RNG"}
     esrgan = graph_from_parameters(_text("Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+ Anime6B, "), "h")
     assert esrgan.prompt["4"]["inputs"]["upscale_method"] == "lanczos"
     assert "upscaler model" in esrgan.unmapped["Hires upscaler"] and "R-ESRGAN 4x+ Anime6B" in \
@@ -180,3 +181,24 @@ def test_hires_parameters_run_headless(models, tmp_path, hires, capsys):
     assert (got["Size"], got["Hires upscale"], got["Hires steps"], got["Denoising strength"]) == \
         ("64x96", "2", "2", "0.45")
     assert got.get("Hires upscaler") == ("Latent" if "Latent" in hires else "Lanczos")
+
+
+def test_seed_fields_round_trip(models):
+    """RNG, Variation seed (+ strength), Seed resize from, ENSD -> the A1111 Noise node -> the same text."""
+    seed_fields = ("Variation seed: 77, Variation seed strength: 0.25, Seed resize from: 48x48, ENSD: 31337, "
+                   "RNG: CPU, ")
+    text = _text(seed_fields + "Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent, ")
+    g = graph_from_parameters(text, "h")
+    assert g.prompt["6"]["inputs"] == {"rng": "CPU", "variation_seed": 77, "variation_strength": 0.25,
+                                       "resize_seed_from_width": 48, "resize_seed_from_height": 48,
+                                       "eta_noise_seed_delta": 31337}
+    assert g.unmapped == {}
+    _, _, want = parse_infotext(text)
+    _, _, got = parse_infotext(parameters_for(g.prompt, "3"))
+    for key in ("Variation seed", "Variation seed strength", "Seed resize from", "ENSD", "RNG"):
+        assert got[key] == want[key], key
+    order = list(got)  # A1111's order: Seed ... Variation seed, strength, Seed resize from, ..., ENSD, RNG
+    assert order.index("Seed") < order.index("Variation seed") < order.index("Seed resize from") < \
+        order.index("Denoising strength") < order.index("Clip skip") < order.index("ENSD") < order.index("RNG")
+    with pytest.raises(WorkflowError, match="RNG: 'AMD'"):
+        graph_from_parameters(_text("RNG: AMD, "))
