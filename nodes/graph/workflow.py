@@ -25,6 +25,7 @@ from .workflow_widgets import combo_options, spec_parts, widget_kind
 log = logging.getLogger(__name__)
 
 GRAPH_SUFFIXES = (".json", ".png")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # graphs / A1111 parameters inside a picture
 
 __all__ = [
     "Workflow", "WorkflowError", "OverrideError", "Assignment", "load_workflow", "parse_workflow",
@@ -96,13 +97,17 @@ def parse_workflow(data, registry: dict, source: str = "<memory>", name: str | N
 
 
 def read_png_chunks(path: str | Path) -> dict:
-    """The decoded `prompt` / `workflow` text chunks of a PNG written by ComfyUI."""
+    """The decoded `prompt` / `workflow` text chunks of a PNG written by ComfyUI, and A1111's
+    `parameters` text (a PNG chunk, or EXIF in a JPEG / WebP: io/exif_params)."""
     from PIL import Image, UnidentifiedImageError
+
+    from ..io.exif_params import exif_text
 
     try:
         with Image.open(path) as im:
             text = dict(getattr(im, "text", None) or {})
             text.update({k: v for k, v in im.info.items() if isinstance(v, str) and k not in text})
+            text.update({k: v for k, v in exif_text(im).items() if k not in text})
     except (UnidentifiedImageError, OSError) as e:
         raise WorkflowError(f"{path}: not a readable image ({e})") from None
     chunks = {}
@@ -133,11 +138,11 @@ def _from_a1111(p: Path, text: str) -> Workflow:
 
 
 def load_workflow(path: str | Path, registry: dict, display_names: dict | None = None) -> Workflow:
-    """Read one graph file (.json or .png)."""
+    """Read one graph file (.json, or a .png / .jpg / .webp picture carrying a graph or A1111 parameters)."""
     p = Path(path)
     if not p.is_file():
         raise WorkflowError(f"{path}: no such file")
-    if p.suffix.lower() == ".png":
+    if p.suffix.lower() in IMAGE_SUFFIXES:
         chunks = read_png_chunks(p)
         ui = chunks.get("workflow") if is_ui_graph(chunks.get("workflow")) else None
         if is_api_graph(chunks.get("prompt")):
@@ -146,8 +151,9 @@ def load_workflow(path: str | Path, registry: dict, display_names: dict | None =
             return Workflow(str(path), p.stem, _convert_ui(ui, registry, str(path), display_names), ui)
         if chunks.get("parameters"):
             return _from_a1111(p, chunks["parameters"])
-        raise WorkflowError(f"{path}: the PNG carries no ComfyUI 'prompt' or 'workflow' chunk "
-                            "and no A1111 'parameters' chunk")
+        raise WorkflowError(f"{path}: the {p.suffix[1:].upper()} carries no ComfyUI 'prompt' or 'workflow' chunk "
+                            "and no A1111 'parameters' chunk" + (" (nor EXIF UserComment)" if p.suffix.lower() != ".png"
+                                                                 else ""))
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
