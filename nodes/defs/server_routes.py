@@ -7,6 +7,9 @@ routes only wrap the plain functions of lora_info.py (tested without ComfyUI).
     GET /lora_lab/loras              {"names": [...], "folders": [...]}
     GET /lora_lab/info?name=<name>   lora_info.lora_info(name); 400 refused name, 404 no such
                                      file, 422 not a readable LoRA
+    GET /lora_lab/embeddings         {"names": [...]} (the embeddings folders)
+    GET /lora_lab/embedding_info?name=<name>
+                                     embeddings.embedding_info(name); the same statuses
 
 ComfyUI also serves every route under /api/... (the frontend's `api.fetchApi` uses that).
 Nothing of ComfyUI is patched: routes are added to `PromptServer.instance.routes`, the
@@ -49,6 +52,40 @@ def info_response(name: str | None) -> tuple[int, dict]:
         return 400, {"error": f"name {str(name)[:200]!r}: {e}"}
 
 
+def embedding_info_response(name: str | None) -> tuple[int, dict]:
+    """(HTTP status, JSON body) for GET /lora_lab/embedding_info?name=..."""
+    from pathlib import PurePosixPath
+
+    from ..io import paths
+    from ..io.errors import LoraLabError, ModelPathError
+    from ..sampling.embeddings import embedding_info
+
+    if not isinstance(name, str) or not name.strip():
+        return 400, {"error": "give ?name=<an embedding file name inside the embeddings folder>"}
+    if PurePosixPath(name.replace("\\", "/")).suffix.lower() not in (*paths.EMBEDDING_EXTENSIONS, ""):
+        return 400, {"error": f"{name[:200]!r} is not an embedding file name ({paths.EMBEDDING_EXTENSIONS})"}
+    try:
+        paths.resolve("embeddings", name, must_exist=False)  # refuses absolute paths, '..', escaping links
+    except ModelPathError as e:
+        return 400, {"error": str(e)}
+    except (OSError, ValueError) as e:
+        return 400, {"error": f"name {name[:200]!r}: {e}"}
+    try:
+        return 200, embedding_info(name)
+    except ModelPathError as e:  # none, or several files answer to the name
+        return 404, {"error": str(e)}
+    except LoraLabError as e:  # unreadable, not an embedding, refused pickle
+        return 422, {"error": str(e)}
+    except (OSError, ValueError) as e:
+        return 400, {"error": f"name {name[:200]!r}: {e}"}
+
+
+def embedding_list_response() -> tuple[int, dict]:
+    from ..sampling.embeddings import embedding_list
+
+    return 200, embedding_list()
+
+
 def list_response() -> tuple[int, dict]:
     from ..demo.demo_lora import DEMO_LORA_NAMES
     from ..lora.lora_info import lora_list
@@ -79,6 +116,14 @@ def register_routes(prompt_server=None) -> bool:
     @ps.routes.get("/lora_lab/info")
     async def lora_lab_info(request):
         return await _call(info_response, request.query.get("name"))
+
+    @ps.routes.get("/lora_lab/embeddings")
+    async def lora_lab_embeddings(request):
+        return await _call(embedding_list_response)
+
+    @ps.routes.get("/lora_lab/embedding_info")
+    async def lora_lab_embedding_info(request):
+        return await _call(embedding_info_response, request.query.get("name"))
 
     _registered = True
     log.debug("LoRA Lab routes registered")

@@ -51,9 +51,13 @@ def resolve_embedding(name: str) -> Path:
 
 def _read(path: Path) -> dict:
     if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as e:
+            raise EmbeddingError(f"{path.name}: not a readable .safetensors file ({e})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, zip errors...: never fall back to unsafe loading
@@ -172,6 +176,11 @@ def prompt_embedding_names(text: str) -> list[str]:
     for segment, _ in parse_weights(a1111_to_comfy(text or "")):
         segment_words(segment, record)
     return out
+
+
+def embedding_list() -> dict:
+    """{"names": every embedding name (relative, '/'-separated)} for the editor."""
+    return {"names": sorted(list_names("embeddings", EMBEDDING_EXTENSIONS), key=str.lower)}
 
 
 def embedding_info(name: str) -> dict:

@@ -203,3 +203,61 @@ def test_embedding_info_and_trigger_words(emb_dir):
     assert info["trigger_words"] == "catpt, black cat"
     assert embedding_info("xlcat")["family"] == "SDXL"
     json.dumps(info)
+
+
+@pytest.mark.parametrize("name,status", [
+    ("catpt", 200), ("neg/catst", 200), ("catst.safetensors", 200), ("xlcat", 200),
+    ("../secret.pt", 400), ("/etc/passwd", 400), ("C:\\x.pt", 400), ("cat.txt", 400), ("", 400), (None, 400),
+    ("nope", 404), ("broken.safetensors", 422), ("evil.pt", 422),
+])
+def test_embedding_info_route(emb_dir, name, status):
+    """GET /lora_lab/embedding_info answers like the LoRA info route: 400 refused, 404 none, 422 unreadable."""
+    import json
+    import pickle
+
+    from lora_lab.nodes.defs import server_routes
+
+    (emb_dir / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    (emb_dir / "evil.pt").write_bytes(pickle.dumps(print))  # a global: refused by the weights-only unpickler
+    code, body = server_routes.embedding_info_response(name)
+    assert code == status, body
+    if status == 200:
+        assert body["vectors"] > 0 and body["trigger_words"] and json.dumps(body)
+    else:
+        assert body["error"]
+
+
+def test_embedding_list_route(emb_dir):
+    from lora_lab.nodes.defs import server_routes
+
+    code, body = server_routes.embedding_list_response()
+    assert code == 200 and body["names"] == ["catdict.safetensors", "catpt.pt", "neg/catst.safetensors",
+                                             "odd.safetensors", "xlcat.safetensors"]
+
+
+def test_embedding_routes_registered(monkeypatch, emb_dir):
+    import asyncio
+
+    web = pytest.importorskip("aiohttp.web")
+    from aiohttp.test_utils import TestClient, TestServer
+    from lora_lab.nodes.defs import server_routes
+
+    ps = type("FakePromptServer", (), {})()
+    ps.routes = web.RouteTableDef()
+    monkeypatch.setattr(server_routes, "_registered", False)
+    assert server_routes.register_routes(ps) is True
+
+    async def go():
+        app = web.Application()
+        app.add_routes(ps.routes)
+        async with TestClient(TestServer(app)) as client:
+            r = await client.get("/lora_lab/embeddings")
+            assert r.status == 200 and "catpt.pt" in (await r.json())["names"]
+            r = await client.get("/lora_lab/embedding_info", params={"name": "catpt"})
+            assert r.status == 200 and (await r.json())["vectors"] == 2
+            for bad, status in (("../x.pt", 400), ("a\0b.pt", 400), ("x" * 5000, 400), ("nope", 404)):
+                r = await client.get("/lora_lab/embedding_info", params={"name": bad})
+                assert r.status == status, (bad[:20], await r.text())
+
+    with paths.standalone_dirs(emb_dir.parent, emb_dir.parent.parent / "out"):  # seen in the executor thread
+        asyncio.run(go())
