@@ -7,7 +7,8 @@
 //   Stack LoRAs     rows editor over its `loras` text (+ LoRA info and missing-file warning)
 //   Load LoRA       LoRA info (family, rank/alpha, trigger words, tags) + missing-file warning
 //   Strength Sweep  the same for its LoRA(s)
-//   Sample          warning for <lora:...> prompt tags naming files this machine lacks
+//   Sample          warning for <lora:...> prompt tags naming files this machine lacks, and the
+//                   info of the textual-inversion embeddings its prompts use (either syntax)
 //   Train LoRA      live step / loss / ETA, and the loss chart at the end
 
 import { api } from "../../scripts/api.js";
@@ -16,12 +17,14 @@ import { runWarnings } from "./lib/missing.mjs";
 import { addProgress } from "./lib/train_progress.mjs";
 import { createCatalog } from "./ui/catalog.mjs";
 import { findWidget, injectStyles } from "./ui/dom.mjs";
+import { attachEmbeddingPanel, createEmbeddingCatalog } from "./ui/embedding_panel.mjs";
 import { attachLoraPanel } from "./ui/lora_panel.mjs";
 import { attachStackEditor } from "./ui/stack_editor.mjs";
 import { attachTrainMonitor } from "./ui/train_monitor.mjs";
 
 const TRAIN_EVENT = "lora_lab.train_progress";
 const catalog = createCatalog(api);
+const embeddings = createEmbeddingCatalog(api);
 const runs = new Map(); // node id -> training state
 const controls = new WeakMap(); // node -> {panel, editor, monitor}
 
@@ -49,6 +52,10 @@ function setupNode(node) {
     c.panel = attachLoraPanel(node, catalog, { warningsOnly: true });
     const prompt = findWidget(node, "prompt") ?? findWidget(node, "text");
     afterChange(prompt, () => c.panel.refresh()); // typing runs the callback too
+    if (type === "LoraLabSampler") {
+      c.embeddings = attachEmbeddingPanel(node, embeddings);
+      for (const name of ["prompt", "negative_prompt"]) afterChange(findWidget(node, name), () => c.embeddings.refresh());
+    }
   } else if (type.startsWith("LoraLabTrain")) {
     c.monitor = attachTrainMonitor(node);
     const previous = node.onExecuted;
@@ -72,6 +79,7 @@ function setupNode(node) {
   }
   controls.set(node, c);
   c.panel?.refresh();
+  c.embeddings?.refresh();
 }
 
 function onTrainProgress({ detail }) {
@@ -92,7 +100,7 @@ app.registerExtension({
   async setup() {
     injectStyles();
     api.addEventListener(TRAIN_EVENT, onTrainProgress);
-    await catalog.refresh();
+    await Promise.all([catalog.refresh(), embeddings.refresh()]);
   },
   nodeCreated(node) {
     setupNode(node);
@@ -101,11 +109,12 @@ app.registerExtension({
     const c = controls.get(node);
     c?.editor?.sync(true);
     c?.panel?.refresh();
+    c?.embeddings?.refresh();
   },
   async afterConfigureGraph() {
     await catalog.refresh(); // a shared workflow: check its LoRAs against this machine's files
   },
   async refreshComboInNodes() {
-    await catalog.refresh();
+    await Promise.all([catalog.refresh(), embeddings.refresh()]);
   },
 });
