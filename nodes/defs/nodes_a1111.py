@@ -32,14 +32,17 @@ class LoraLabA1111Noise:
             "eta_noise_seed_delta": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
                                              "tooltip": "ENSD: the ancestral samplers' step noise restarts "
                                                         "from seed + this"}),
+            "sgm_noise_multiplier": ("BOOLEAN", {"default": False, "tooltip": "A1111's 'SGM noise multiplier': "
+                                                 "start at noise * sqrt(1 + sigma^2) as ComfyUI does; off: "
+                                                 "noise * sigma, A1111's default"}),
         }}
 
     def make(self, rng, variation_seed, variation_strength, resize_seed_from_width, resize_seed_from_height,
-             eta_noise_seed_delta):
+             eta_noise_seed_delta, sgm_noise_multiplier=False):
         from ..sampling.noise_a1111 import A1111Noise
 
         return (A1111Noise(rng, int(variation_seed), float(variation_strength), int(resize_seed_from_width),
-                           int(resize_seed_from_height), int(eta_noise_seed_delta)),)
+                           int(resize_seed_from_height), int(eta_noise_seed_delta), bool(sgm_noise_multiplier)),)
 
 
 NODE_CLASS_MAPPINGS = {"LoraLabA1111Noise": LoraLabA1111Noise}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..io.png_params import parse_size
 from .workflow_ui import WorkflowError
 
-SEED_FIELDS = ("RNG", "Variation seed", "Variation seed strength", "Seed resize from", "ENSD")
+SEED_FIELDS = ("RNG", "Variation seed", "Variation seed strength", "Seed resize from", "ENSD", "SGM noise multiplier")
 NOISE_NODE = "LoraLabA1111Noise"
 
 
@@ -47,7 +47,8 @@ def noise_inputs(fields: dict, unmapped: dict) -> dict:
                             f"{fields.get('Variation seed strength')!r} is not a number") from None
     return {"rng": rng, "variation_seed": _int(fields, "Variation seed"), "variation_strength": strength,
             "resize_seed_from_width": w, "resize_seed_from_height": h,
-            "eta_noise_seed_delta": _int(fields, "ENSD")}
+            "eta_noise_seed_delta": _int(fields, "ENSD"),
+            "sgm_noise_multiplier": str(fields.get("SGM noise multiplier", "")).lower() == "true"}
 
 
 def noise_fields(inputs: dict | None) -> dict:
@@ -60,4 +61,5 @@ def noise_fields(inputs: dict | None) -> dict:
             "Variation seed strength": strength or None,
             "Seed resize from": f"{w}x{h}" if w and h else None,
             "ENSD": inputs.get("eta_noise_seed_delta") or None,
-            "RNG": inputs.get("rng")}
+            "RNG": inputs.get("rng"),
+            "SGM noise multiplier": True if inputs.get("sgm_noise_multiplier") is True else None}

@@ -266,6 +266,8 @@ def parameters_for(graph: dict | None, unique_id) -> str | None:
     sampler_name, scheduler = inp.get("sampler_name"), inp.get("scheduler")
     w, h = inp.get("width"), inp.get("height")
     clip_skip = inp.get("clip_skip")
+    noise = _noise_fields(graph, sampler)
+    sgm = noise.pop("SGM noise multiplier", None)
     fields = {
         "Steps": inp.get("steps"),
         "Sampler": A1111_SAMPLERS.get(sampler_name, sampler_name),
@@ -275,9 +277,10 @@ def parameters_for(graph: dict | None, unique_id) -> str | None:
         "Size": f"{w}x{h}" if w and h else None,
         **model,
         "Clip skip": clip_skip if isinstance(clip_skip, int) and clip_skip > 1 else None,
-        **_noise_fields(graph, sampler),
+        **noise,
         **hires_fields,
         "Lora hashes": hashes_field([(n.rsplit("/", 1)[-1], _lora_hash(n)) for n in tag_names]),
         "TI hashes": hashes_field(ti),
+        "SGM noise multiplier": sgm,  # set while sampling, after the hashes
     }
     return format_infotext(prompt, negative, fields)

@@ -368,7 +368,9 @@ def ksampler(handle, s: KSamplerSettings, positive, negative, latent: dict, call
 
     denoiser = GuidedDenoiser(lambda x, sigma: guided_pair(x, sigma, False)[0], lambda x, sigma: guided_pair(x, sigma, True))
 
-    x = schedule.noise_scaling(sigmas[0], noise, latent_in, schedule.max_denoise(sigmas))
+    # A1111 noise: x = noise * sigma unless its "SGM noise multiplier" (noise_a1111.ImageNoise.max_denoise)
+    max_denoise = schedule.max_denoise(sigmas) and getattr(step_seed, "max_denoise", True)
+    x = schedule.noise_scaling(sigmas[0], noise, latent_in, max_denoise)
     step_cb = None if callback is None else (lambda i, total, xi, d: callback(i, total, xi, d))
     out = sample(s.sampler_name, denoiser, x, sigmas, step_seed, step_cb, schedule=schedule)
     out = schedule.inverse_noise_scaling(sigmas[-1], out).float().cpu()

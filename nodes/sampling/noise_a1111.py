@@ -10,7 +10,9 @@ A1111 (processing.py, rng.ImageRNG) gives image i of a batch its own generator:
 - every later draw (the ancestral samplers' step noise: A1111 replaces k-diffusion's
   torch.randn_like by ImageRNG.next) continues image i's generator, restarted from
   seed_i + ENSD after the initial noise when `ENSD` (eta noise seed delta) is set;
-- the hires fix's second pass starts a new ImageRNG at the new size (the same rules).
+- the hires fix's second pass starts a new ImageRNG at the new size (the same rules);
+- k-diffusion samplers start from noise * sigma_max (sd_samplers_kdiffusion.sample), not
+  ComfyUI's noise * sqrt(1 + sigma_max^2), unless "SGM noise multiplier" is on.
 
 RNG sources: "CPU" = torch.randn on a CPU generator (here exactly); "NV" = A1111's
 rng_philox, a NumPy Philox4x32-10 + Box-Muller that imitates torch.randn on CUDA: one
@@ -127,6 +129,7 @@ class A1111Noise:
     seed_resize_from_w: int = 0  # "Seed resize from: WxH" (0 = off)
     seed_resize_from_h: int = 0
     eta_noise_seed_delta: int = 0  # "ENSD"
+    sgm_noise_multiplier: bool = False  # "SGM noise multiplier": start at noise * sqrt(1 + sigma^2)
 
     def __post_init__(self):
         if self.rng not in RNG_SOURCES:
@@ -134,6 +137,8 @@ class A1111Noise:
         for name in ("subseed", "seed_resize_from_w", "seed_resize_from_h", "eta_noise_seed_delta"):
             if _int(name, getattr(self, name)) < 0:
                 raise NodeInputError(NODE, name, getattr(self, name), "must be 0 or more")
+        if not isinstance(self.sgm_noise_multiplier, bool):
+            raise NodeInputError(NODE, "sgm_noise_multiplier", self.sgm_noise_multiplier, "must be true or false")
         s = self.subseed_strength
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s <= 1.0):
             raise NodeInputError(NODE, "subseed_strength", s, "must be between 0 and 1")
@@ -152,13 +157,16 @@ class ImageNoise:
     """rng.ImageRNG: first() the initial noise [B, C, H, W], next() each later draw.
 
     Given as the sampler's seed, the ancestral samplers draw their step noise from next()
-    (samplers_kdiff.default_noise_sampler); int() is the first image's seed (SDE trees).
+    (samplers_kdiff.default_noise_sampler); int() is the first image's seed (SDE trees);
+    max_denoise False makes a run from pure noise start at noise * sigma, as A1111 does
+    (ComfyUI: noise * sqrt(1 + sigma^2), which A1111 does with "SGM noise multiplier").
     """
 
     def __init__(self, cfg: A1111Noise, shape: tuple, seeds: list[int], subseeds: list[int]):
         self.cfg, self.shape, self.seeds, self.subseeds = cfg, shape, seeds, subseeds
         self.generators = [make_generator(cfg.rng, s) for s in seeds]
         self.is_first = True
+        self.max_denoise = cfg.sgm_noise_multiplier
 
     def __int__(self) -> int:
         return int(self.seeds[0])

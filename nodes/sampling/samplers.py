@@ -202,7 +202,9 @@ def ksample(
         return latent
     device = latent.device
     noise, sigmas = noise.to(device), sigmas.to(device)
-    x = schedule.noise_scaling(sigmas[0], noise, latent, schedule.max_denoise(sigmas))
+    # A1111 noise: x = noise * sigma unless its "SGM noise multiplier" (noise_a1111.ImageNoise.max_denoise)
+    max_denoise = schedule.max_denoise(sigmas) and getattr(seed, "max_denoise", True)
+    x = schedule.noise_scaling(sigmas[0], noise, latent, max_denoise)
     denoiser = cfg_denoiser(apply_model, schedule, cond, uncond, float(cfg), concat=concat)
     samples = sample(sampler_name, denoiser, x, sigmas, seed, callback, schedule=schedule)
     return schedule.inverse_noise_scaling(sigmas[-1], samples)

@@ -114,7 +114,7 @@ def test_v110_graph(models):
     assert "drawn as A1111's NV" in g.unmapped["RNG"]  # no RNG field: A1111's default GPU noise
     assert g.prompt["6"] == {"class_type": "LoraLabA1111Noise", "_meta": {"title": "A1111 Noise"}, "inputs": {
         "rng": "NV", "variation_seed": 0, "variation_strength": 0.0, "resize_seed_from_width": 0,
-        "resize_seed_from_height": 0, "eta_noise_seed_delta": 0}}
+        "resize_seed_from_height": 0, "eta_noise_seed_delta": 0, "sgm_noise_multiplier": False}}
     assert s["a1111_noise"] == ["6", 0]
 
 

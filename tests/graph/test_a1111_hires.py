@@ -187,18 +187,19 @@ def test_seed_fields_round_trip(models):
     """RNG, Variation seed (+ strength), Seed resize from, ENSD -> the A1111 Noise node -> the same text."""
     seed_fields = ("Variation seed: 77, Variation seed strength: 0.25, Seed resize from: 48x48, ENSD: 31337, "
                    "RNG: CPU, ")
-    text = _text(seed_fields + "Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent, ")
+    text = _text(seed_fields + "Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent, SGM noise multiplier: True, ")
     g = graph_from_parameters(text, "h")
     assert g.prompt["6"]["inputs"] == {"rng": "CPU", "variation_seed": 77, "variation_strength": 0.25,
                                        "resize_seed_from_width": 48, "resize_seed_from_height": 48,
-                                       "eta_noise_seed_delta": 31337}
+                                       "eta_noise_seed_delta": 31337, "sgm_noise_multiplier": True}
     assert g.unmapped == {}
     _, _, want = parse_infotext(text)
     _, _, got = parse_infotext(parameters_for(g.prompt, "3"))
-    for key in ("Variation seed", "Variation seed strength", "Seed resize from", "ENSD", "RNG"):
+    for key in ("Variation seed", "Variation seed strength", "Seed resize from", "ENSD", "RNG", "SGM noise multiplier"):
         assert got[key] == want[key], key
     order = list(got)  # A1111's order: Seed ... Variation seed, strength, Seed resize from, ..., ENSD, RNG
     assert order.index("Seed") < order.index("Variation seed") < order.index("Seed resize from") < \
-        order.index("Denoising strength") < order.index("Clip skip") < order.index("ENSD") < order.index("RNG")
+        order.index("Denoising strength") < order.index("Clip skip") < order.index("ENSD") < order.index("RNG") < \
+        order.index("Hires upscale") < order.index("SGM noise multiplier")
     with pytest.raises(WorkflowError, match="RNG: 'AMD'"):
         graph_from_parameters(_text("RNG: AMD, "))

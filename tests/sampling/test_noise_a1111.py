@@ -141,15 +141,21 @@ def test_sample_node_with_a1111_noise(tiny_handles):
     h = tiny_handles["sd1"]
     args = ("a fox", "blurry", 4, 3, 5.0, "euler", "normal", 64, 64)
     (cpu,) = LoraLabA1111Noise().make("CPU", 0, 0.0, 0, 0, 0)
+    (cpu_sgm,) = LoraLabA1111Noise().make("CPU", 0, 0.0, 0, 0, 0, True)
     one, _ = LoraLabSampler().sample(h, *args, 1, a1111_noise=cpu)
-    assert torch.equal(one, LoraLabSampler().sample(h, *args, 1)[0])  # batch of one, euler: ComfyUI's noise
+    comfy_one = LoraLabSampler().sample(h, *args, 1)[0]
+    # batch of one, euler: ComfyUI's noise; started as ComfyUI does (noise * sqrt(1 + sigma^2)) with
+    # A1111's "SGM noise multiplier", else A1111's noise * sigma
+    assert torch.equal(LoraLabSampler().sample(h, *args, 1, a1111_noise=cpu_sgm)[0], comfy_one)
+    assert not torch.equal(one, comfy_one)
     two, lat = LoraLabSampler().sample(h, *args, 2, a1111_noise=cpu)
     comfy_two, comfy_lat = LoraLabSampler().sample(h, *args, 2)
     torch.testing.assert_close(two[0], one[0], rtol=0, atol=1e-4)  # a batch of 2: the UNet rounds differently
     assert not torch.allclose(lat["samples"][1], comfy_lat["samples"][1], atol=1e-3)  # ComfyUI: one draw of 2
     single_5, _ = LoraLabSampler().sample(h, "a fox", "blurry", 5, 3, 5.0, "euler", "normal", 64, 64, 1,
                                           a1111_noise=cpu)
-    torch.testing.assert_close(two[1], single_5[0], rtol=0, atol=1e-4)  # image 1 of seed 4 = seed 5 alone
+    # image 1 of seed 4 = seed 5 alone (within the batched UNet's rounding; the noise is equal, see above)
+    torch.testing.assert_close(two[1], single_5[0], rtol=0, atol=1e-3)
     (ensd,) = LoraLabA1111Noise().make("CPU", 0, 0.0, 0, 0, 31337)
     anc = ("a fox", "blurry", 4, 3, 5.0, "euler_ancestral", "normal", 64, 64, 1)
     a, _ = LoraLabSampler().sample(h, *anc, a1111_noise=cpu)
@@ -160,6 +166,24 @@ def test_sample_node_with_a1111_noise(tiny_handles):
     assert img2img.shape == (2, 64, 64, 3)
 
 
+def test_start_is_noise_times_sigma_as_a1111(tiny_handles):
+    """A model predicting eps = 0 and one Euler step leave x where it started: noise * sigma_max."""
+    from lora_lab.nodes.sampling.samplers import ksample
+    from lora_lab.nodes.sampling.schedules import get_sigmas, schedule_for
+
+    schedule = schedule_for(tiny_handles["sd1"])
+    sigmas = get_sigmas(schedule, "karras", 1)
+    latent = torch.zeros((1, *SHAPE))
+    zero = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    for sgm, scale in ((False, sigmas[0]), (True, torch.sqrt(1 + sigmas[0] ** 2))):
+        noise, seed = initial_noise(latent.shape, 3, A1111Noise("CPU", sgm_noise_multiplier=sgm))
+        out = ksample(zero, schedule, latent, noise, sigmas, None, None, 1.0, "euler", seed)
+        torch.testing.assert_close(out, noise * scale, rtol=1e-6, atol=0)
+    noise, _ = initial_noise(latent.shape, 3, None)
+    out = ksample(zero, schedule, latent, noise, sigmas, None, None, 1.0, "euler", 3)
+    torch.testing.assert_close(out, noise * torch.sqrt(1 + sigmas[0] ** 2), rtol=1e-6, atol=0)  # ComfyUI's
+
+
 def test_bad_settings_are_named():
     with pytest.raises(NodeInputError, match="rng.*GPU"):
         A1111Noise("GPU")
@@ -167,5 +191,7 @@ def test_bad_settings_are_named():
         A1111Noise("CPU", subseed_strength=1.5)
     with pytest.raises(NodeInputError, match="eta_noise_seed_delta"):
         A1111Noise("CPU", eta_noise_seed_delta=-1)
+    with pytest.raises(NodeInputError, match="sgm_noise_multiplier"):
+        A1111Noise("CPU", sgm_noise_multiplier="yes")
     with pytest.raises(NodeInputError, match="a1111_noise"):
         initial_noise((1, *SHAPE), 0, "CPU")
