@@ -91,13 +91,13 @@ class SaveImage:
                 "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"}}
 
     def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None, unique_id=None):
-        from ..graph.a1111_write import parameters_for
+        from ..graph.a1111_write import parameters_for_batch
         from ..io.image_io import save_images
         from ..io.paths import output_dir
         from .common import with_run_label
 
         paths = save_images(images, with_run_label(filename_prefix), prompt, extra_pnginfo,
-                            parameters_for(prompt, unique_id), node="SaveImage")
+                            parameters_for_batch(prompt, unique_id, len(images)), node="SaveImage")
         root = output_dir().resolve()
         ui = []
         for p in paths:

@@ -146,10 +146,10 @@ class LoraLabSaveImage:
     def save(self, images, filename_prefix, prompt=None, extra_pnginfo=None, unique_id=None):
         from ..io.image_io import save_images
         from ..io.paths import output_dir
-        from ..graph.a1111_write import parameters_for
+        from ..graph.a1111_write import parameters_for_batch
 
         paths = save_images(images, _with_run_label(filename_prefix), prompt, extra_pnginfo,
-                            parameters_for(prompt, unique_id))
+                            parameters_for_batch(prompt, unique_id, len(images)))
         root = output_dir()
         ui = []
         for p in paths:

@@ -230,8 +230,18 @@ def _noise_fields(graph: dict, sampler: dict) -> dict:
     return noise_fields({k: _literal(graph, v) for k, v in node.get("inputs", {}).items()})
 
 
-def parameters_for(graph: dict | None, unique_id) -> str | None:
-    """The `parameters` chunk text for the image saved by node `unique_id`, or None."""
+def parameters_for_batch(graph: dict | None, unique_id, batch: int):
+    """The `parameters` text of each image of a batch: one text for all, or (A1111 noise, whose
+    image i is seed + i) a list with each image's own Seed / Variation seed, as A1111 writes."""
+    first = parameters_for(graph, unique_id)
+    if first is None or batch <= 1 or "RNG: " not in first.rsplit("\n", 1)[-1]:
+        return first
+    return [first] + [parameters_for(graph, unique_id, i) for i in range(1, batch)]
+
+
+def parameters_for(graph: dict | None, unique_id, index: int = 0) -> str | None:
+    """The `parameters` chunk text for the image saved by node `unique_id`, or None. `index`:
+    the image's place in its batch (with A1111 noise its seed is A1111's seed + index)."""
     from ..lora.lora_stack import strip_prompt_loras
     from ..sampling.embeddings import prompt_embedding_names, resolve_embedding
 
@@ -268,12 +278,18 @@ def parameters_for(graph: dict | None, unique_id) -> str | None:
     clip_skip = inp.get("clip_skip")
     noise = _noise_fields(graph, sampler)
     sgm = noise.pop("SGM noise multiplier", None)
+    seed = inp.get("seed")
+    if index and noise and isinstance(seed, int):  # A1111's all_seeds / all_subseeds
+        if noise.get("Variation seed strength") and isinstance(noise.get("Variation seed"), int):
+            noise["Variation seed"] += index
+        elif not noise.get("Variation seed strength"):
+            seed += index
     fields = {
         "Steps": inp.get("steps"),
         "Sampler": A1111_SAMPLERS.get(sampler_name, sampler_name),
         "Schedule type": A1111_SCHEDULES.get(scheduler, scheduler),
         "CFG scale": inp.get("cfg"),
-        "Seed": inp.get("seed"),
+        "Seed": seed,
         "Size": f"{w}x{h}" if w and h else None,
         **model,
         "Clip skip": clip_skip if isinstance(clip_skip, int) and clip_skip > 1 else None,

@@ -44,17 +44,24 @@ def png_info(prompt=None, extra_pnginfo=None, parameters: str | None = None):
 
 
 def save_images(images: torch.Tensor, filename_prefix: str, prompt=None, extra_pnginfo=None,
-                parameters: str | None = None, node: str = "LoraLabSaveImage") -> list[Path]:
-    """Write a batch [B, H, W, C] as PNGs named `<prefix>_<counter:05>_.png`; return their paths."""
+                parameters: str | list | None = None, node: str = "LoraLabSaveImage") -> list[Path]:
+    """Write a batch [B, H, W, C] as PNGs named `<prefix>_<counter:05>_.png`; return their paths.
+    `parameters`: one A1111 text for every image, or a list with each image's own."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise NodeInputError(node, "images", shape, "expected an IMAGE tensor [batch, height, width, channels]")
     folder, stem = split_prefix(filename_prefix, output_dir(), node)
     folder.mkdir(parents=True, exist_ok=True)
-    info = png_info(prompt, extra_pnginfo, parameters)
+    texts = parameters if isinstance(parameters, list) else [parameters] * images.shape[0]
+    if len(texts) != images.shape[0]:
+        raise NodeInputError(node, "parameters", len(texts), f"one text per image ({images.shape[0]})")
+    infos = {}
     written = []
     counter = next_counter(folder, stem, ".png")
-    for image in images:
+    for image, text in zip(images, texts):
+        if text not in infos:
+            infos[text] = png_info(prompt, extra_pnginfo, text)
+        info = infos[text]
         tmp = new_temp(folder, stem + ".png")  # the user's umask; stale ones of killed runs removed
         try:
             to_pil(image).save(tmp, format="PNG", pnginfo=info, compress_level=4)
