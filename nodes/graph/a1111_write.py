@@ -8,6 +8,11 @@ by Load LoRA / Stack LoRAs / LoraLoader nodes; those are written into the prompt
 `<lora:...>` tags A1111 would need to make the same image, and all LoRAs (tags in the
 prompt too) get `Lora hashes`, embeddings `TI hashes`, so A1111's PNG info and Civitai find
 the files. Values are read when they are literals (or one hop from a primitive node).
+
+A sampler whose latent / image comes through an upscale node from another sampler is a hires
+fix: the base fields are the first pass's and a1111_hires writes the Hires ones. An A1111 Noise
+node feeding the sampler gives the seed fields (a1111_seed), and then image i of a batch says
+Seed + i (parameters_for_batch), as A1111 writes each image of a batch.
 """
 from __future__ import annotations
 
