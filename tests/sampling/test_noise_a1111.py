@@ -195,3 +195,27 @@ def test_bad_settings_are_named():
         A1111Noise("CPU", sgm_noise_multiplier="yes")
     with pytest.raises(NodeInputError, match="a1111_noise"):
         initial_noise((1, *SHAPE), 0, "CPU")
+
+
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "lcm", "ddpm",
+                                  "euler_ancestral_cfg_pp", "res_multistep_ancestral", "er_sde", "seeds_2",
+                                  "sa_solver", "euler", "dpmpp_2m", "dpmpp_sde"])
+def test_every_sampler_draws_its_step_noise_from_a1111_generators(tiny_handles, name):
+    """The samplers that draw step noise through default_noise_sampler take it from next(); the
+    deterministic ones draw none; SDE samplers keep their Brownian tree (seeded with the int)."""
+    from lora_lab.nodes.sampling.schedules import get_sigmas, schedule_for
+
+    if name == "dpmpp_sde":
+        pytest.importorskip("torchsde")
+    schedule = schedule_for(tiny_handles["sd1"])
+    sigmas = get_sigmas(schedule, "karras", 4)
+    x0, rng = initial_noise((1, *SHAPE), 12, A1111Noise("NV"))
+    calls = []
+    nxt = rng.next
+    rng.next = lambda: calls.append(1) or nxt()
+    out = sample(name, lambda x, s: x * 0.5, x0 * sigmas[0], sigmas, rng, schedule=schedule)
+    assert torch.isfinite(out).all()
+    stochastic = name not in ("euler", "dpmpp_2m", "dpmpp_sde")
+    assert bool(calls) == stochastic, calls
+    if stochastic:
+        assert rng.generators[0].offset == 1 + len(calls)  # NV: one Philox offset per draw
