@@ -5,7 +5,7 @@ For each workflow it also checks, in the page: every node type is known to the f
 graph the frontend queues (`app.graphToPrompt`) equals the headless runner's UI→API
 conversion; our widgets add nothing to what is saved; the Stack LoRAs rows mirror its text
 (and a click on a row's switch rewrites the text); a LoRA file the machine lacks is marked on
-the node; a Train LoRA progress event shows step, loss and ETA on the node.
+the node; Sample's embedding panel shows an embedding's info and marks a missing one; a Train LoRA progress event shows step, loss and ETA on the node.
 
     python tests/editor_check.py --url http://127.0.0.1:8188      # a running ComfyUI with the pack
     python tests/editor_check.py --comfy-dir /path/to/ComfyUI      # start one (as the host test does)
@@ -102,6 +102,20 @@ async (workflows) => {
     if (a !== "missing LoRA: shared/not-here.safetensors") throw new Error(`loader warning: ${a}`);
     if (b !== "missing LoRA: gone") throw new Error(`sampler warning: ${b}`);
     return [a, b];
+  });
+
+  await check("embedding panel", async () => {
+    const wf = structuredClone(workflows["lora_txt2img.json"]);
+    const s = wf.nodes.find((n) => n.type === "LoraLabSampler");
+    s.widgets_values[0] += ", embedding:gone";
+    s.widgets_values[1] = "lowres, EasyNegative";
+    await load(wf, "embeddings.json");
+    const panel = widget(byClass("LoraLabSampler")[0], "lora_lab_embeddings")?.element;
+    if (!panel) throw new Error("no embedding panel on Sample");
+    const text = await until(() => (panel.textContent.includes("vectors") ? panel.textContent : null));
+    if (!text?.includes("embedding:gone is not in the embeddings folder") || !text.includes("EasyNegative: "))
+      throw new Error(`embedding panel: ${panel.textContent}`);
+    return text.slice(0, 200);
   });
 
   await check("info panel and trigger words", async () => {
@@ -323,6 +337,15 @@ def normalise(node):
     return node["class_type"], inputs
 
 
+def write_embedding(path: Path) -> None:
+    """An A1111-style textual-inversion file (emb_params: 2 vectors of 768) for the embedding panel."""
+    import torch
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": torch.zeros(2, 768)}, path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", help="a running ComfyUI with LoRA Lab installed")
@@ -339,6 +362,7 @@ def main(argv=None) -> int:
 
         base = Path(tempfile.mkdtemp(prefix="lora-lab-comfy-"))
         prepare_models(base)
+        write_embedding(base / "models" / "embeddings" / "EasyNegative.safetensors")
         server = ComfyServer(args.comfy_dir, base)
         args.url = server.url
     try:
