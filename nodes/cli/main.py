@@ -49,7 +49,7 @@ class _Terminated(KeyboardInterrupt):
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("graphs", nargs="+", metavar="GRAPH",
-                   help="API or UI workflow .json, a PNG with ComfyUI chunks, or a folder of them")
+                   help="API or UI workflow .json, a PNG/JPEG/WebP with ComfyUI or A1111 metadata, or a folder of them")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.input=VALUE",
                    help="override an input (NODE = node id, title or unique class type); repeatable")
     p.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="NODE.input=V1,V2,...",

@@ -24,8 +24,8 @@ from .workflow_widgets import combo_options, spec_parts, widget_kind
 
 log = logging.getLogger(__name__)
 
-GRAPH_SUFFIXES = (".json", ".png")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # graphs / A1111 parameters inside a picture
+GRAPH_SUFFIXES = (".json",) + IMAGE_SUFFIXES
 
 __all__ = [
     "Workflow", "WorkflowError", "OverrideError", "Assignment", "load_workflow", "parse_workflow",
@@ -164,7 +164,7 @@ def load_workflow(path: str | Path, registry: dict, display_names: dict | None =
 
 
 def collect_graph_files(paths) -> list[Path]:
-    """The graph files named: files as given, folders expanded to their *.json / *.png (sorted)."""
+    """The graph files named: files as given, folders expanded to their *.json and pictures (.png/.jpg/.jpeg/.webp, sorted)."""
     out = []
     for raw in paths:
         p = Path(raw)

@@ -274,11 +274,11 @@ def test_malformed_ui_workflows_are_workflow_errors():
 
 
 def test_folders_expand_to_their_graph_files(tmp_path):
-    for name in ("b.json", "a.png", "notes.txt", "c.JSON"):
+    for name in ("b.json", "a.png", "notes.txt", "c.JSON", "d.jpg", "e.WEBP", "f.jpeg", "g.gif"):
         (tmp_path / name).write_text("x")
     (tmp_path / "sub").mkdir()
-    assert [p.name for p in collect_graph_files([tmp_path, "other.json"])] == ["a.png", "b.json", "c.JSON",
-                                                                              "other.json"]
+    assert [p.name for p in collect_graph_files([tmp_path, "other.json"])] == [
+        "a.png", "b.json", "c.JSON", "d.jpg", "e.WEBP", "f.jpeg", "other.json"]
 
 
 # -- overrides -----------------------------------------------------------------------------------
