@@ -152,6 +152,8 @@ def run_one(rec: RunRecord, wf, assignments: list, executor, validate_only: bool
     from ..graph.workflow import apply_assignments
 
     t0 = time.perf_counter()
+    fallback_notes = [{"node": None, "title": None, "message": w} for w in getattr(wf, "warnings", ())]
+    rec.warnings = list(fallback_notes)
     try:
         prompt = apply_assignments(wf.prompt, assignments, registry)
         if validate_only:
@@ -170,8 +172,10 @@ def run_one(rec: RunRecord, wf, assignments: list, executor, validate_only: bool
         res = executor.run(prompt, extra_pnginfo=wf.extra_pnginfo, label=rec.label, name=rec.name)
     except RunInterrupted as e:
         copy_result(rec, e.result)
+        rec.warnings[:0] = fallback_notes
         raise
     copy_result(rec, res)
+    rec.warnings[:0] = fallback_notes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,10 @@
   subgraph definitions); converted by `workflow_ui.ui_to_api` as the frontend does.
 - PNG: the `prompt` (API) and `workflow` (UI) text chunks ComfyUI writes. The `prompt` chunk
   is what actually ran, so it is used when present; the `workflow` chunk is kept for
-  EXTRA_PNGINFO (and converted when it is the only one). A PNG with neither but an A1111
+  EXTRA_PNGINFO (and converted when it is the only one). A `prompt` chunk of an older ComfyUI
+  that lacks required inputs added since (VAEEncodeForInpaint.grow_mask_by) while the converted
+  `workflow` chunk has them is replaced by that conversion, with a warning naming what was
+  missing (ComfyUI's UI loads the workflow chunk of such a PNG, so it runs there too). A PNG with neither but an A1111
   `parameters` chunk (A1111, Civitai) becomes the graph those parameters describe (a1111.py).
 """
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Workflow:
     prompt: dict  # the API graph
     ui: dict | None = None  # the UI workflow, when the source carried one (for EXTRA_PNGINFO)
     unmapped: dict | None = None  # A1111 parameters this graph does not reproduce: field -> why
+    warnings: tuple = ()  # how the graph was read, when not as the file says (a fallback)
 
     @property
     def extra_pnginfo(self) -> dict | None:
@@ -96,6 +100,33 @@ def parse_workflow(data, registry: dict, source: str = "<memory>", name: str | N
                         "nor a UI-format workflow (nodes/links)")
 
 
+def _ui_fallback(prompt: dict, ui: dict, registry: dict, source: str,
+                 display_names: dict | None) -> tuple[dict, str] | None:
+    """(the converted UI workflow, a warning) when `prompt` fails validation only on missing
+    required inputs and the converted workflow has every one of them on the same node (id and
+    class type); None otherwise (the prompt chunk is used and its problems are reported)."""
+    from .graph_validate import GraphValidationError, validate_graph
+
+    try:
+        validate_graph(prompt, registry)
+        return None
+    except GraphValidationError as e:
+        problems = e.problems
+    if not problems or any(pr.kind != "missing_input" for pr in problems):
+        return None
+    try:
+        converted = _convert_ui(ui, registry, source, display_names)
+    except (WorkflowError, RecursionError):
+        return None
+    for pr in problems:
+        node = converted.get(str(pr.node_id))
+        if node is None or node.get("class_type") != pr.class_type or pr.input not in (node.get("inputs") or {}):
+            return None
+    missing = ", ".join(sorted({f"node {pr.node_id} ({pr.class_type}).{pr.input}" for pr in problems}))
+    return converted, (f"{source}: the PNG's 'prompt' chunk (an older ComfyUI's graph) lacks required input(s) "
+                       f"{missing}; ran its 'workflow' chunk converted instead, as ComfyUI's UI loads it")
+
+
 def read_png_chunks(path: str | Path) -> dict:
     """The decoded `prompt` / `workflow` text chunks of a PNG written by ComfyUI, and A1111's
     `parameters` text (a PNG chunk, or EXIF in a JPEG / WebP: io/exif_params)."""
@@ -146,7 +177,13 @@ def load_workflow(path: str | Path, registry: dict, display_names: dict | None =
         chunks = read_png_chunks(p)
         ui = chunks.get("workflow") if is_ui_graph(chunks.get("workflow")) else None
         if is_api_graph(chunks.get("prompt")):
-            return Workflow(str(path), p.stem, _normalise_api(chunks["prompt"]), ui)
+            prompt = _normalise_api(chunks["prompt"])
+            fallback = _ui_fallback(prompt, ui, registry, str(path), display_names) if ui is not None else None
+            if fallback is not None:
+                converted, note = fallback
+                log.warning("%s", note)
+                return Workflow(str(path), p.stem, converted, ui, warnings=(note,))
+            return Workflow(str(path), p.stem, prompt, ui)
         if ui is not None:
             return Workflow(str(path), p.stem, _convert_ui(ui, registry, str(path), display_names), ui)
         if chunks.get("parameters"):

@@ -341,3 +341,39 @@ def test_duplicate_node_ids_are_a_named_error():
     ui["nodes"].append(dict(ui["nodes"][0], type="FakeSampler"))
     with pytest.raises(WorkflowError, match="duplicate node id 1 \\(FakeLoader and FakeSampler\\)"):
         convert(ui)
+
+
+def test_png_prompt_of_an_older_comfyui_falls_back_to_its_workflow(tmp_path, caplog):
+    """A prompt chunk lacking a required input (an input added to the node since) that the workflow
+    chunk has: the converted workflow runs, with a warning naming node, class and input."""
+    api, ui = fixture("api_basic.json"), fixture("ui_basic.json")
+    old = copy.deepcopy(api)
+    del old["3"]["inputs"]["steps"]  # id 3 is FakeSampler in neither graph: the ids must match too
+    kept = load_workflow(_png(tmp_path / "ids.png", prompt=old, workflow=ui), REG)
+    assert kept.prompt == old and kept.warnings == ()
+    converted = ui_to_api(ui, REG)
+    sampler = next(nid for nid, n in converted.items() if n["class_type"] == "FakeSampler")
+    old = copy.deepcopy(converted)
+    del old[sampler]["inputs"]["steps"]
+    with caplog.at_level("WARNING"):
+        wf = load_workflow(_png(tmp_path / "old.png", prompt=old, workflow=ui), REG)
+    assert wf.prompt == converted and wf.ui == ui
+    assert len(wf.warnings) == 1 and f"node {sampler} (FakeSampler).steps" in wf.warnings[0]
+    assert "older ComfyUI" in caplog.text
+    # another kind of problem besides (an unknown node type): the prompt chunk stays, its errors are reported
+    old["99"] = {"class_type": "NoSuchNode", "inputs": {}}
+    other = load_workflow(_png(tmp_path / "other.png", prompt=old, workflow=ui), REG)
+    assert other.prompt == {**old} and other.warnings == ()
+    # a complete prompt chunk is used as it is, even where the workflow differs
+    assert load_workflow(_png(tmp_path / "full.png", prompt=api, workflow=ui), REG).prompt == api
+
+
+def test_run_one_records_the_fallback_warning(tmp_path):
+    from lora_lab.nodes.cli.run_plan import RunRecord, run_one
+    from lora_lab.nodes.graph.workflow import Workflow
+
+    rec = RunRecord("g.png", "g")
+    wf = Workflow("g.png", "g", fixture("api_basic.json"), warnings=("ran its 'workflow' chunk",))
+    run_one(rec, wf, [], executor=None, validate_only=True, registry=REG)
+    assert rec.status == "valid" and rec.warnings == [{"node": None, "title": None,
+                                                       "message": "ran its 'workflow' chunk"}]
