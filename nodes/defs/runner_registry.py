@@ -7,13 +7,14 @@ from __future__ import annotations
 from . import (
     comfy_lora_nodes,
     core_conditioning,
+    core_extra,
     core_image,
     core_latent,
     core_loaders,
     node_defs,
 )
 
-CORE_MODULES = (core_loaders, core_conditioning, core_latent, core_image)
+CORE_MODULES = (core_loaders, core_conditioning, core_latent, core_image, core_extra)
 
 CORE_CLASS_MAPPINGS: dict = {}
 CORE_DISPLAY_NAME_MAPPINGS: dict = {}

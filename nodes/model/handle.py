@@ -44,6 +44,9 @@ class ModelHandle:
     # `edm_vpred.sigma_min/max` = EDM v-prediction (CosXL), kept as (sigma_min, sigma_max).
     zsnr: bool = False
     edm_vpred: tuple | None = None
+    # A schedule object (sampling.schedules) that replaces the one the checkpoint implies, set by
+    # ComfyUI's ModelSamplingDiscrete / ModelSamplingContinuousEDM nodes; None = the checkpoint's.
+    model_sampling: Any = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:

@@ -31,7 +31,9 @@ __all__ = [
     "scheduler_sigmas",
 ]
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+# What the UNet predicts (ComfyUI's EPS, V_PREDICTION, X0, IMG_TO_IMG, EDM): a checkpoint's is one
+# of the first two; ModelSamplingDiscrete / ModelSamplingContinuousEDM can set the others.
+PREDICTION_TYPES = ("epsilon", "v_prediction", "x0", "img_to_img", "edm")
 
 # ComfyUI's KSampler asks these samplers for one step more and drops the second-to-last sigma
 # (they take a half step towards the next sigma, which is wasted on the final sigma->0 step).
@@ -55,7 +57,10 @@ def rescale_zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
 
 
 def schedule_for(handle) -> DiscreteSchedule:
-    """The model's schedule: its prediction type and markers (ztsnr; edm_vpred -> continuous EDM)."""
+    """The model's schedule: the one a ModelSampling* node set (handle.model_sampling), else its
+    prediction type and markers (ztsnr; edm_vpred -> continuous EDM)."""
+    if getattr(handle, "model_sampling", None) is not None:
+        return handle.model_sampling
     if getattr(handle, "edm_vpred", None):
         lo, hi = handle.edm_vpred
         return ContinuousEDMSchedule(handle.prediction_type, edm_sigma_min=float(lo), edm_sigma_max=float(hi))
@@ -144,15 +149,21 @@ class DiscreteSchedule:
     # -- parameterisation -----------------------------------------------------------------
     def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """k-diffusion x (B, C, H, W) -> the UNet's input, scaled to unit variance."""
+        if self.prediction_type == "img_to_img":
+            return x
         sigma = _view_sigma(sigma, x.ndim)
         return x / (sigma**2 + self.sigma_data**2) ** 0.5
 
     def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Raw UNet output (eps or v) at x -> the predicted clean latent x0."""
+        """Raw UNet output (eps, v, x0 or EDM's F) at x -> the predicted clean latent x0."""
+        if self.prediction_type in ("x0", "img_to_img"):
+            return model_output
         sigma = _view_sigma(sigma, model_output.ndim)
         if self.prediction_type == "epsilon":
             return x - model_output * sigma
         sd2 = self.sigma_data**2
+        if self.prediction_type == "edm":
+            return x * sd2 / (sigma**2 + sd2) + model_output * sigma * self.sigma_data / (sigma**2 + sd2) ** 0.5
         return x * sd2 / (sigma**2 + sd2) - model_output * sigma * self.sigma_data / (sigma**2 + sd2) ** 0.5
 
     def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor, max_denoise: bool = False) -> torch.Tensor:
