@@ -11,10 +11,11 @@ from . import (
     core_image,
     core_latent,
     core_loaders,
+    core_merge,
     node_defs,
 )
 
-CORE_MODULES = (core_loaders, core_conditioning, core_latent, core_image, core_extra)
+CORE_MODULES = (core_loaders, core_conditioning, core_latent, core_image, core_extra, core_merge)
 
 CORE_CLASS_MAPPINGS: dict = {}
 CORE_DISPLAY_NAME_MAPPINGS: dict = {}

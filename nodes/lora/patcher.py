@@ -89,14 +89,20 @@ class PatchState:
         return hit[1]
 
 
+# base UNet -> first text encoder -> PatchState (weakly): handles made by merging CLIPs share the
+# UNet but carry other text encoders, and merged MODELs carry another UNet with the same ones.
 _STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def state_for(handle) -> PatchState:
-    st = _STATES.get(handle.unet)
+    per_unet = _STATES.get(handle.unet)
+    if per_unet is None:
+        per_unet = weakref.WeakKeyDictionary()
+        _STATES[handle.unet] = per_unet
+    st = per_unet.get(handle.text_encoders[0])
     if st is None:
         st = PatchState(handle)
-        _STATES[handle.unet] = st
+        per_unet[handle.text_encoders[0]] = st
     return st
 
 

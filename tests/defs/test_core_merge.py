@@ -1,0 +1,207 @@
+"""ComfyUI's model merging nodes in the runner: ComfyUI's patch formula key by key on tiny models,
+inputs untouched, LoRAs before and after a merge, and (COMFYUI_DIR) the strengths ComfyUI's own
+nodes give each key and its calculate_weight arithmetic."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+from conftest import make_handle
+from lora_factory import kohya
+from lora_lab.nodes.defs import core_loaders as cload
+from lora_lab.nodes.defs import core_merge as cm
+from lora_lab.nodes.io import notices, paths
+from lora_lab.nodes.lora.patcher import activate, restore
+from lora_lab.nodes.merge.model_merge import blend, clip_keys, unet_keys
+from lora_lab.nodes.model.runner_types import ClipHandle
+from safetensors.torch import save_file
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def unet_sd(h):
+    activate(h)
+    return {k: v.clone() for k, v in h.unet.state_dict().items()}
+
+
+def te_sd(h, i=0):
+    activate(h)
+    return {k: v.clone() for k, v in h.text_encoders[i].state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_handles):
+    return tiny_handles["sd1"], make_handle("sd1", seed=11)
+
+
+def ldm(h):
+    return {d: n for n, d in unet_keys(h.unet).items()}  # diffusers key -> LDM key
+
+
+def block_r(k):
+    """ModelMergeBlocks(input 0.2, middle 0.5, out 0.9): 'out' covers output_blocks too, the rest take input's."""
+    return 0.5 if k.startswith("middle") else 0.9 if k.startswith("out") else 0.2
+
+
+@pytest.mark.parametrize("node,args,formula", [
+    ("ModelMergeSimple", (0.3,), lambda a, b, k: a * 0.3 + (1.0 - 0.3) * b),
+    ("ModelMergeSimple", (1.0,), lambda a, b, k: a),
+    ("ModelMergeSimple", (0.0,), lambda a, b, k: a * 0.0 + 1.0 * b),
+    ("ModelMergeSubtract", (0.7,), lambda a, b, k: a * 0.7 + (-0.7) * b),
+    ("ModelMergeAdd", (), lambda a, b, k: a + 1.0 * b),
+    ("ModelMergeBlocks", (0.2, 0.5, 0.9), lambda a, b, k: a * block_r(k) + (1.0 - block_r(k)) * b),
+])
+def test_merge_nodes_follow_comfyuis_patch_formula(pair, node, args, formula):
+    m1, m2 = pair
+    before1, before2 = unet_sd(m1), unet_sd(m2)
+    (merged,) = getattr(cm, node)().merge(m1, m2, *args)
+    assert merged.unet is not m1.unet and merged.patches == () and merged.text_encoders == m1.text_encoders
+    got, names = unet_sd(merged), ldm(m1)
+    assert set(got) == set(before1)
+    for k, w in got.items():
+        want = formula(before1[k].float(), before2[k].float(), names[k]) if (node, args) != ("ModelMergeSimple", (1.0,)) \
+            else before1[k]
+        assert torch.equal(w, want.to(w.dtype)), k
+    assert all(torch.equal(v, before1[k]) for k, v in unet_sd(m1).items())  # the inputs are untouched
+    assert all(torch.equal(v, before2[k]) for k, v in unet_sd(m2).items())
+
+
+def test_blocks_cover_every_key_as_comfyui_names_them(pair):
+    names = set(unet_keys(pair[0].unet))
+    assert {n.split(".")[0] for n in names} >= {"input_blocks", "middle_block", "output_blocks", "out", "time_embed"}
+
+
+@pytest.fixture
+def lora_dir(tmp_path, tiny_handles):
+    folder = tmp_path / "models" / "loras"
+    folder.mkdir(parents=True)
+    save_file(kohya(tiny_handles["sd1"], rank=4, seed=3), folder / "fox.safetensors")
+    with paths.standalone_dirs(tmp_path / "models", tmp_path / "out"):
+        yield folder
+
+
+def test_loras_before_and_after_a_merge(lora_dir, pair):
+    m1, m2 = pair
+    (m1_lora,) = cload.LoraLoaderModelOnly().load_lora_model_only(m1, "fox.safetensors", 0.8)
+    patched = unet_sd(m1_lora)
+    (merged,) = cm.ModelMergeSimple().merge(m1_lora, m2, 0.6)  # model 1's LoRA is baked in first
+    theirs = unet_sd(m2)
+    got = unet_sd(merged)
+    assert all(torch.equal(got[k], (patched[k] * 0.6 + 0.4 * theirs[k]).to(got[k].dtype)) for k in got)
+    (after,) = cload.LoraLoaderModelOnly().load_lora_model_only(merged, "fox.safetensors", 1.0)
+    on_merged = unet_sd(after)
+    (plain,) = cload.LoraLoaderModelOnly().load_lora_model_only(m1, "fox.safetensors", 1.0)
+    delta_plain = {k: v - w for (k, v), w in zip(unet_sd(plain).items(), unet_sd(m1).values())}
+    changed = [k for k, d in delta_plain.items() if d.abs().max() > 0]
+    assert changed and all(torch.allclose(on_merged[k] - got[k], delta_plain[k], atol=1e-6) for k in changed)
+    assert all(torch.equal(on_merged[k], got[k]) for k in got if k not in changed)
+    restore(m1)
+
+
+def test_clip_merge_simple_and_a_lora_on_the_merged_clip(lora_dir, pair):
+    m1, m2 = pair
+    c1, c2 = ClipHandle(m1, -2), ClipHandle(m2)
+    a, b = te_sd(m1), te_sd(m2)
+    (merged,) = cm.CLIPMergeSimple().merge(c1, c2, 0.25)
+    assert merged.clip_layer == -2 and merged.handle.unet is m1.unet
+    got = te_sd(merged.handle)
+    for k, w in got.items():
+        want = a[k] if k.endswith((".position_ids", ".logit_scale")) else (a[k].float() * 0.25 + 0.75 * b[k].float())
+        assert torch.equal(w, want.to(w.dtype)), k
+    (sub,) = cm.CLIPMergeSubtract().merge(c1, c2, 2.0)
+    key = next(iter(clip_keys(m1)[0].values()))
+    assert torch.equal(te_sd(sub.handle)[key], a[key] * 2.0 + (-2.0) * b[key])
+    # a LoRA on the merged CLIP patches the merged encoder, never clip 1's (the patcher keys on both)
+    _, lora_clip = cload.LoraLoader().load_lora(m1, merged, "fox.safetensors", 0.0, 1.0)
+    patched = te_sd(lora_clip.handle)
+    assert any(not torch.equal(patched[k], got[k]) for k in got)
+    assert all(torch.equal(v, a[k]) for k, v in te_sd(m1).items())
+    assert all(torch.equal(v, got[k]) for k, v in te_sd(merged.handle).items())
+
+
+def test_mismatched_shapes_are_scaled_not_merged_with_a_warning(tiny_handles):
+    sd1, sd2 = tiny_handles["sd1"], tiny_handles["sd2"]
+    a, b = unet_sd(sd1), unet_sd(sd2)
+    with notices.collect() as notes:
+        (merged,) = cm.ModelMergeSimple().merge(sd1, sd2, 0.5)
+    got = unet_sd(merged)
+    odd = [k for k in a if k in b and a[k].shape != b[k].shape]
+    assert odd and all(torch.equal(got[k], a[k] * 0.5) for k in odd)
+    assert len(notes) == 1 and "not merged" in notes[0] and f"{len(odd)} weight(s)" in notes[0]
+
+
+def test_blend_keeps_the_dtype():
+    w1, w2 = torch.randn(4, 4).half(), torch.randn(4, 4).half()
+    out = blend(w1, w2, 0.5, 0.5, "k")
+    assert out.dtype == torch.float16 and torch.equal(out, (w1.float() * 0.5 + 0.5 * w2.float()).half())
+
+
+# -- against ComfyUI's own nodes (COMFYUI_DIR) --------------------------------------------------------
+@pytest.fixture(scope="module")
+def comfy_merging():
+    root = os.environ.get("COMFYUI_DIR")
+    if not root:
+        pytest.skip("COMFYUI_DIR is not set (point it at a ComfyUI checkout to run the parity tests)")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        if "comfy.model_management" not in sys.modules:
+            importlib.import_module("comfy.cli_args").args.cpu = True
+        return (importlib.import_module("comfy_extras.nodes_model_merging"), importlib.import_module("comfy.lora"))
+    except (ImportError, RuntimeError, OSError, AttributeError) as e:
+        pytest.skip(f"ComfyUI at {root!r} does not import in this interpreter: {e!r}")
+
+
+class _Recorder:
+    """What ComfyUI's merge nodes use of a ModelPatcher: clone, get_key_patches, add_patches."""
+
+    def __init__(self, keys, prefix):
+        self.keys, self.prefix, self.added = keys, prefix, {}
+
+    def clone(self):
+        return _Recorder(self.keys, self.prefix)
+
+    def get_key_patches(self, filter_prefix=None):
+        return {self.prefix + k: (k,) for k in self.keys if filter_prefix is None or (self.prefix + k).startswith(filter_prefix)}
+
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        for k in patches:
+            self.added[k[len(self.prefix):]] = (strength_patch, strength_model)
+
+
+@pytest.mark.parametrize("node,args", [("ModelMergeSimple", (0.3,)), ("ModelMergeSubtract", (0.7,)),
+                                       ("ModelMergeAdd", ()), ("ModelMergeBlocks", (0.2, 0.5, 0.9))])
+def test_strengths_per_key_equal_comfyuis_nodes(comfy_merging, pair, node, args, monkeypatch):
+    from lora_lab.nodes.merge import model_merge
+
+    nodes_mod, _ = comfy_merging
+    keys = list(unet_keys(pair[0].unet))
+    cls = {"ModelMergeSubtract": "ModelSubtract", "ModelMergeAdd": "ModelAdd"}.get(node, node)
+    rec = _Recorder(keys, "diffusion_model.")
+    kw = dict(zip(("input", "middle", "out"), args)) if node == "ModelMergeBlocks" else {}
+    (theirs,) = getattr(nodes_mod, cls)().merge(rec, rec, **kw) if kw else getattr(nodes_mod, cls)().merge(rec, rec, *args)
+    seen = {}
+    monkeypatch.setattr(model_merge, "merge_unets", lambda m1, m2, ratios: seen.update({k: ratios(k) for k in keys}))
+    getattr(cm, node)().merge(pair[0], pair[1], *args)
+    assert seen == theirs.added
+
+
+def test_clip_merge_skips_what_comfyui_skips(comfy_merging, pair, monkeypatch):
+    nodes_mod, _ = comfy_merging
+    keys = [k for names in clip_keys(pair[0]) for k in names]
+    full = keys + ["clip_l.transformer.text_model.embeddings.position_ids", "clip_l.logit_scale"]
+    rec = _Recorder(full, "")
+    (theirs,) = nodes_mod.CLIPMergeSimple().merge(rec, rec, 0.4)
+    assert set(theirs.added) == set(keys) and all(v == (1.0 - 0.4, 0.4) for v in theirs.added.values())
+
+
+@pytest.mark.parametrize("sp,sm", [(0.7, 0.3), (-2.0, 2.0), (1.0, 1.0), (0.0, 1.0), (1.0, 0.0)])
+def test_blend_equals_comfyuis_calculate_weight(comfy_merging, sp, sm):
+    _, comfy_lora = comfy_merging
+    g = torch.Generator().manual_seed(5)
+    w1, w2 = torch.randn(64, 32, generator=g), torch.randn(64, 32, generator=g)
+    want = comfy_lora.calculate_weight([(sp, (w2,), sm, None, None)], w1.clone(), "k")
+    assert torch.equal(blend(w1, w2, sp, sm, "k"), want)
