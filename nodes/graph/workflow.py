@@ -102,29 +102,39 @@ def parse_workflow(data, registry: dict, source: str = "<memory>", name: str | N
 
 def _ui_fallback(prompt: dict, ui: dict, registry: dict, source: str,
                  display_names: dict | None) -> tuple[dict, str] | None:
-    """(the converted UI workflow, a warning) when `prompt` fails validation only on missing
-    required inputs and the converted workflow has every one of them on the same node (id and
-    class type); None otherwise (the prompt chunk is used and its problems are reported)."""
+    """(the converted UI workflow, a warning) when `prompt` fails validation on missing required
+    inputs, the converted workflow has every one of them on the same node (id and class type),
+    and the conversion brings no problem the prompt chunk lacks (a missing input file, say, that
+    both name stays); None otherwise (the prompt chunk is used and its problems reported)."""
     from .graph_validate import GraphValidationError, validate_graph
 
-    try:
-        validate_graph(prompt, registry)
-        return None
-    except GraphValidationError as e:
-        problems = e.problems
-    if not problems or any(pr.kind != "missing_input" for pr in problems):
+    def problems_of(graph):
+        try:
+            validate_graph(graph, registry)
+            return []
+        except GraphValidationError as e:
+            return e.problems
+
+    def key(pr):
+        return pr.kind, str(pr.node_id), pr.input, repr(pr.value)
+
+    problems = problems_of(prompt)
+    missing = [pr for pr in problems if pr.kind == "missing_input"]
+    if not missing:
         return None
     try:
         converted = _convert_ui(ui, registry, source, display_names)
     except (WorkflowError, RecursionError):
         return None
-    for pr in problems:
+    for pr in missing:
         node = converted.get(str(pr.node_id))
         if node is None or node.get("class_type") != pr.class_type or pr.input not in (node.get("inputs") or {}):
             return None
-    missing = ", ".join(sorted({f"node {pr.node_id} ({pr.class_type}).{pr.input}" for pr in problems}))
+    if {key(pr) for pr in problems_of(converted)} - {key(pr) for pr in problems}:
+        return None
+    names = ", ".join(sorted({f"node {pr.node_id} ({pr.class_type}).{pr.input}" for pr in missing}))
     return converted, (f"{source}: the PNG's 'prompt' chunk (an older ComfyUI's graph) lacks required input(s) "
-                       f"{missing}; ran its 'workflow' chunk converted instead, as ComfyUI's UI loads it")
+                       f"{names}; ran its 'workflow' chunk converted instead, as ComfyUI's UI loads it")
 
 
 def read_png_chunks(path: str | Path) -> dict:

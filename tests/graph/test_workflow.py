@@ -360,10 +360,16 @@ def test_png_prompt_of_an_older_comfyui_falls_back_to_its_workflow(tmp_path, cap
     assert wf.prompt == converted and wf.ui == ui
     assert len(wf.warnings) == 1 and f"node {sampler} (FakeSampler).steps" in wf.warnings[0]
     assert "older ComfyUI" in caplog.text
-    # another kind of problem besides (an unknown node type): the prompt chunk stays, its errors are reported
-    old["99"] = {"class_type": "NoSuchNode", "inputs": {}}
-    other = load_workflow(_png(tmp_path / "other.png", prompt=old, workflow=ui), REG)
-    assert other.prompt == {**old} and other.warnings == ()
+    # a problem both graphs share (a value not offered, e.g. an input file not there yet) does not stop it
+    shared_ui = copy.deepcopy(ui)
+    ui_sampler = next(n for n in shared_ui["nodes"] if n["type"] == "FakeSampler")
+    ui_sampler["widgets_values"][-1] = "nope"
+    shared = copy.deepcopy(old)
+    shared[sampler]["inputs"]["sampler_name"] = "nope"
+    assert load_workflow(_png(tmp_path / "shared.png", prompt=shared, workflow=shared_ui), REG).warnings
+    # the conversion would bring a problem of its own: the prompt chunk stays, its errors are reported
+    other = load_workflow(_png(tmp_path / "other.png", prompt=old, workflow=shared_ui), REG)
+    assert other.prompt == old and other.warnings == ()
     # a complete prompt chunk is used as it is, even where the workflow differs
     assert load_workflow(_png(tmp_path / "full.png", prompt=api, workflow=ui), REG).prompt == api
 
