@@ -205,3 +205,42 @@ def test_blend_equals_comfyuis_calculate_weight(comfy_merging, sp, sm):
     w1, w2 = torch.randn(64, 32, generator=g), torch.randn(64, 32, generator=g)
     want = comfy_lora.calculate_weight([(sp, (w2,), sm, None, None)], w1.clone(), "k")
     assert torch.equal(blend(w1, w2, sp, sm, "k"), want)
+
+
+def _specific_ratios(cls):
+    return {k: round(0.05 * (i % 20), 2) for i, k in enumerate(cls.RATIOS)}
+
+
+@pytest.mark.parametrize("node,family", [("ModelMergeSD1", "sd1"), ("ModelMergeSD2", "sd2"), ("ModelMergeSDXL", "sdxl")])
+def test_model_specific_block_merges(tiny_handles, node, family, monkeypatch):
+    from lora_lab.nodes.merge import model_merge
+
+    cls = getattr(cm, node)
+    ratios = _specific_ratios(cls)
+    h = tiny_handles[family]
+    seen = {}
+    monkeypatch.setattr(model_merge, "merge_unets", lambda m1, m2, fn: seen.update({k: fn(k) for k in unet_keys(h.unet)}))
+    cls().merge(h, h, **ratios)
+    for k, (sp, sm) in seen.items():
+        hits = [p for p in ratios if k.startswith(p)]
+        r = ratios[max(hits, key=len)] if hits else ratios["time_embed."]
+        assert (sp, sm) == (1.0 - r, r), k
+    if family == "sdxl":
+        assert seen["label_emb.0.0.weight"] == (1.0 - ratios["label_emb."], ratios["label_emb."])
+
+
+@pytest.mark.parametrize("node,family", [("ModelMergeSD1", "sd1"), ("ModelMergeSDXL", "sdxl")])
+def test_model_specific_strengths_equal_comfyuis(comfy_merging, tiny_handles, node, family, monkeypatch):
+    from lora_lab.nodes.merge import model_merge
+
+    specific = importlib.import_module("comfy_extras.nodes_model_merging_model_specific")
+    h = tiny_handles[family]
+    keys = list(unet_keys(h.unet))
+    ratios = _specific_ratios(getattr(cm, node))
+    assert list(getattr(specific, node).INPUT_TYPES()["required"]) == ["model1", "model2", *ratios]
+    rec = _Recorder(keys, "diffusion_model.")
+    (theirs,) = getattr(specific, node)().merge(rec, rec, **ratios)
+    seen = {}
+    monkeypatch.setattr(model_merge, "merge_unets", lambda m1, m2, fn: seen.update({k: fn(k) for k in keys}))
+    getattr(cm, node)().merge(h, h, **ratios)
+    assert seen == theirs.added
