@@ -244,3 +244,44 @@ def test_model_specific_strengths_equal_comfyuis(comfy_merging, tiny_handles, no
     monkeypatch.setattr(model_merge, "merge_unets", lambda m1, m2, fn: seen.update({k: fn(k) for k in keys}))
     getattr(cm, node)().merge(h, h, **ratios)
     assert seen == theirs.added
+
+
+def test_merge_and_sampling_graph_through_the_runner(tmp_path, tiny_handles):
+    """Two checkpoints -> ModelMergeSD1 (every per-block ratio as ComfyUI's UI queues it) / CLIPMergeSimple ->
+    ModelSamplingDiscrete -> KSampler -> LatentComposite -> VAEDecode -> ImagePadForOutpaint -> SaveImage,
+    headless through the executor and the runner registry."""
+    from lora_lab.nodes.defs.runner_registry import RUNNER_CLASS_MAPPINGS
+    from lora_lab.nodes.graph.executor import Executor
+    from lora_lab.nodes.model import checkpoint_save
+
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    checkpoint_save.save_single_file(models / "checkpoints" / "a.safetensors", tiny_handles["sd1"])
+    checkpoint_save.save_single_file(models / "checkpoints" / "b.safetensors", make_handle("sd1", seed=11))
+    ratios = {k: 0.5 for k in cm.ModelMergeSD1.RATIOS}
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
+        "3": {"class_type": "ModelMergeSD1", "inputs": {"model1": ["1", 0], "model2": ["2", 0], **ratios}},
+        "4": {"class_type": "CLIPMergeSimple", "inputs": {"clip1": ["1", 1], "clip2": ["2", 1], "ratio": 0.3}},
+        "5": {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["3", 0], "sampling": "v_prediction",
+                                                                "zsnr": True}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 0], "text": "a fox"}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 0], "text": ""}},
+        "8": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "9": {"class_type": "KSampler", "inputs": {"model": ["5", 0], "seed": 1, "steps": 2, "cfg": 5.0,
+                                                   "sampler_name": "euler", "scheduler": "karras", "positive": ["6", 0],
+                                                   "negative": ["7", 0], "latent_image": ["8", 0], "denoise": 1.0}},
+        "10": {"class_type": "LatentComposite", "inputs": {"samples_to": ["8", 0], "samples_from": ["9", 0],
+                                                           "x": 16, "y": 16, "feather": 8}},
+        "11": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["1", 2]}},
+        "12": {"class_type": "ImagePadForOutpaint", "inputs": {"image": ["11", 0], "left": 8, "top": 0, "right": 8,
+                                                               "bottom": 16, "feathering": 4}},
+        "13": {"class_type": "SaveImage", "inputs": {"images": ["12", 0], "filename_prefix": "merged"}},
+    }
+    with paths.standalone_dirs(models, tmp_path / "out"):
+        res = Executor(RUNNER_CLASS_MAPPINGS, quiet=True).run(graph, name="g")
+    assert res.ok, res.error
+    from PIL import Image
+
+    assert len(res.files) == 1 and Image.open(res.files[0]).size == (64 + 16, 64 + 16)
