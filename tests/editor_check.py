@@ -124,11 +124,21 @@ async (workflows) => {
     const panel = widget(loader, "lora_lab_panel").element;
     const text = await until(() => (panel.textContent.includes("SD 1.x") ? panel.textContent : null));
     if (!text) throw new Error(`panel: ${panel.textContent}`);
-    const chip = [...panel.querySelectorAll("button")].find((b) => b.textContent.startsWith("paper texture"));
-    if (!chip) throw new Error("no tag chip 'paper texture'");
+    const sampler = byClass("LoraLabSampler")[0];
+    const before = widget(sampler, "prompt").value;
+    const name = widget(loader, "lora_name").value;
+    const info = await (await api.fetchApi("/lora_lab/info?name=" + encodeURIComponent(name))).json();
+    const chips = [...panel.querySelectorAll("button")];
+    const trigger = chips.find((b) => b.classList.contains("trigger") && b.textContent === info.trigger_words);
+    if (!trigger) throw new Error(`no trigger chip '${info.trigger_words}'`);
+    trigger.click();  // the prompt already holds it: unchanged
+    if (widget(sampler, "prompt").value !== before) throw new Error(`prompt after the trigger chip: ${widget(sampler, "prompt").value}`);
+    const tag = info.tags.find((t) => !before.toLowerCase().includes(t.tag.toLowerCase()));
+    const chip = chips.find((b) => b.textContent === `${tag.tag} ${tag.count}`);
+    if (!chip) throw new Error(`no tag chip '${tag.tag} ${tag.count}'`);
     chip.click();
-    const prompt = widget(byClass("LoraLabSampler")[0], "prompt").value;
-    if (!prompt.startsWith("paper texture, llstyle watercolor")) throw new Error(`prompt after click: ${prompt}`);
+    const prompt = widget(sampler, "prompt").value;
+    if (prompt !== `${tag.tag}, ${before}`) throw new Error(`prompt after the tag chip: ${prompt}`);
     return text.slice(0, 200);
   });
 
@@ -253,12 +263,27 @@ class Chrome:
         self.profile.cleanup()
 
 
-def expected_prompts() -> dict:
-    """The headless runner's API graph of each workflow (what graphToPrompt must match)."""
-    from lora_lab.nodes.graph.workflow import load_workflow
-    from lora_lab.nodes.defs.node_defs import NODE_CLASS_MAPPINGS as REGISTRY, NODE_DISPLAY_NAME_MAPPINGS as NAMES
+def workflow_files() -> list[Path]:
+    return sorted((ROOT / "workflows").glob("*.json")) + sorted((ROOT / "workflows" / "comfyui").glob("*.json"))
 
-    return {p.name: load_workflow(p, REGISTRY, NAMES).prompt for p in (sorted((ROOT / "workflows").glob("*.json")) + sorted((ROOT / "workflows" / "comfyui").glob("*.json")))}
+
+def object_info_registry(info: dict) -> tuple[dict, dict]:
+    """Node classes (their inputs as /object_info states them) and display names of the server's nodes."""
+    classes = {name: type(name, (), {"INPUT_TYPES": classmethod(lambda cls, spec=node["input"]: spec)})
+               for name, node in info.items()}
+    return classes, {name: node.get("display_name") or name for name, node in info.items()}
+
+
+def expected_prompts(object_info: dict) -> dict:
+    """The headless runner's API graph of each workflow (what graphToPrompt must match): the
+    runner's registry (our nodes and the core ids it runs itself), and for the nodes only
+    ComfyUI runs (the bridges), their inputs as the server's /object_info states them."""
+    from lora_lab.nodes.defs.runner_registry import RUNNER_CLASS_MAPPINGS, RUNNER_DISPLAY_NAME_MAPPINGS
+    from lora_lab.nodes.graph.workflow import load_workflow
+
+    classes, names = object_info_registry(object_info)
+    registry, names = {**classes, **RUNNER_CLASS_MAPPINGS}, {**names, **RUNNER_DISPLAY_NAME_MAPPINGS}
+    return {p.name: load_workflow(p, registry, names).prompt for p in workflow_files()}
 
 
 SHOW_JS = """async (wf, name) => {
@@ -291,10 +316,12 @@ async def screenshots(chrome: Chrome, workflows: dict, folder: Path) -> list[str
 async def check(url: str, chromium: str, shots: Path | None = None) -> dict:
     import aiohttp
 
-    workflows = {p.name: json.loads(p.read_text()) for p in (sorted((ROOT / "workflows").glob("*.json")) + sorted((ROOT / "workflows" / "comfyui").glob("*.json")))}
+    workflows = {p.name: json.loads(p.read_text()) for p in workflow_files()}
     chrome = Chrome(chromium)
     try:
         async with aiohttp.ClientSession() as session:
+            async with session.get(url.rstrip("/") + "/object_info") as r:
+                object_info = await r.json()
             await chrome.connect(session)
             await chrome.send("Page.navigate", url=url)
             for _ in range(240):  # the editor boots: extensions, node defs, the default graph
@@ -316,7 +343,7 @@ async def check(url: str, chromium: str, shots: Path | None = None) -> dict:
                 report["screenshots"] = await screenshots(chrome, workflows, shots)
     finally:
         await chrome.close()
-    want = expected_prompts()
+    want = expected_prompts(object_info)
     for name, res in report["workflows"].items():
         got = {str(k): v for k, v in (res.pop("prompt") or {}).items()}
         exp = want[name]

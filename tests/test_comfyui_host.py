@@ -190,8 +190,10 @@ def test_nodes_in_object_info(comfy):
 def test_routes_and_js_are_served(comfy):
     names = comfy.get("/lora_lab/loras")["names"]
     assert "lora-lab-demo-style.safetensors" in names
+    from lora_lab.nodes.demo.demo_lora import STYLE_TRIGGER
+
     info = comfy.get("/api/lora_lab/info?name=" + urllib.parse.quote("lora-lab-demo-style.safetensors"))
-    assert info["trigger_words"] == "llstyle watercolor" and info["family"] == "sd1"
+    assert info["trigger_words"] == STYLE_TRIGGER and info["family"] == "sd1"  # the shipped demo LoRA's trigger
     with pytest.raises(urllib.error.HTTPError) as e:
         comfy.get("/lora_lab/info?name=" + urllib.parse.quote("../../../etc/passwd"))
     assert e.value.code == 400
