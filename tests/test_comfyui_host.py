@@ -51,7 +51,7 @@ def free_port() -> int:
 class ComfyServer:
     """A ComfyUI process on 127.0.0.1 with a temporary base directory holding this pack."""
 
-    def __init__(self, comfy_dir: str | Path, base: Path, start_timeout: float = 180):
+    def __init__(self, comfy_dir: str | Path, base: Path, start_timeout: float = 180, extra_args=()):
         self.comfy_dir, self.base = Path(comfy_dir), Path(base)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -63,7 +63,7 @@ class ComfyServer:
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         self.log_path = self.base / "comfyui.log"
         cmd = [comfy_python(self.comfy_dir), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+               "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *extra_args]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (open while the server runs; closed in stop())
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + start_timeout

@@ -2,6 +2,8 @@
 (the converter would otherwise fail deep inside with an AttributeError naming nothing)."""
 from __future__ import annotations
 
+import re
+
 from ..io.errors import LoraLabError
 
 
@@ -58,3 +60,38 @@ def node_mode(n: dict) -> int:
     """A node's mode as a number (0 always, 2 muted, 4 bypassed), "4" read as 4."""
     mode = n.get("mode") or 0
     return int(mode.strip()) if isinstance(mode, str) else mode
+
+
+# The frontend's zNodePackMetadata (workflowSchema.ts): which node-pack fields of a node's
+# properties ride along in the queued `_meta`, and in what shape.
+_REPO_LIKE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9._-]*[a-zA-Z0-9])?", re.ASCII)  # (used with fullmatch)
+_GITHUB_USER = re.compile(r"(?!-)(?!.*--)[a-zA-Z0-9-]+(?<!-)", re.ASCII)
+_GIT_HASH = re.compile(r"[0-9a-fA-F]{4,40}", re.ASCII)
+_SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([\da-z-]+(?:\.[\da-z-]+)*))?"
+                     r"(?:\+([\da-z-]+(?:\.[\da-z-]+)*))?", re.ASCII)
+
+
+def _repo_like(v) -> bool:
+    return isinstance(v, str) and 1 <= len(v) <= 100 and bool(_REPO_LIKE.fullmatch(v))
+
+
+def pack_metadata(properties) -> dict:
+    """{cnr_id, aux_id, ver} of a node's properties that are well formed (others are left out)."""
+    if not isinstance(properties, dict):
+        return {}
+    out = {}
+    if _repo_like(properties.get("cnr_id")):
+        out["cnr_id"] = properties["cnr_id"]
+    aux = properties.get("aux_id")
+    if isinstance(aux, str) and aux.count("/") == 1:
+        user, repo = aux.split("/")
+        if 1 <= len(user) <= 39 and _GITHUB_USER.fullmatch(user) and _repo_like(repo):
+            out["aux_id"] = aux
+    ver = properties.get("ver")
+    if ver == "unknown":
+        out["ver"] = ver
+    elif isinstance(ver, str):
+        v = ver.removeprefix("v")
+        if _SEMVER.fullmatch(v) or _GIT_HASH.fullmatch(v):
+            out["ver"] = v
+    return out

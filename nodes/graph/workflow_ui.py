@@ -17,14 +17,23 @@ Follows the ComfyUI frontend's `graphToPrompt` and litegraph's `ExecutableNodeDT
   primitive writes its value into the widgets it feeds (also through reroutes), notes vanish;
 - inputs linked to nodes that were dropped are removed;
 - version-1 subgraphs (`definitions.subgraphs`) are flattened: inner nodes get the ids
-  "<instance id>:<inner id>" (nested: "1:5:3"), as the frontend sends them.
+  "<instance id>:<inner id>" (nested: "1:5:3"), as the frontend sends them, after the
+  frontend's renumbering of inner ids that collide (workflow_subgraphs.py). A muted or bypassed
+  instance at the root drops its inner nodes; inside a subgraph, the current frontend (1.58)
+  still queues the inner nodes of a muted or bypassed nested instance (their own mode counts);
+- `_meta` holds the title and the node pack's `cnr_id` / `aux_id` / `ver` from the node's
+  properties where they are well formed (the frontend's zNodePackMetadata).
+
+tests/graph/frontend_fixtures/ holds UI graphs and what frontend 1.58.1's graphToPrompt queued
+for them (tests/graph/frontend_capture.py); tests/graph/test_frontend_parity.py compares.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 
-from .workflow_fields import WorkflowError, check_node_fields, is_int, node_mode
+from .workflow_fields import WorkflowError, check_node_fields, is_int, node_mode, pack_metadata
+from .workflow_subgraphs import collect_definitions, promoted_inputs, renumber_definitions
 from .workflow_widgets import _serialise_widget_value, widget_specs, widget_values
 
 log = logging.getLogger(__name__)
@@ -116,6 +125,7 @@ class Exec:
     path: tuple
     instance: "Exec | None"  # the subgraph instance holding this node
     subgraph: Graph | None = None  # set when this node is itself a subgraph instance
+    definition: dict | None = None  # and its (renumbered) definition
 
     @property
     def mode(self) -> int:
@@ -146,7 +156,7 @@ class Converter:
     def __init__(self, workflow: dict, registry: dict, display_names: dict):
         self.registry = registry
         self.display_names = display_names
-        self.defs = self._collect_definitions(workflow)
+        self.defs = renumber_definitions(workflow, collect_definitions(workflow))
         self.root = Graph.from_json(workflow, "workflow")
         self.execs: dict[str, Exec] = {}
         self.order: list[Exec] = []
@@ -156,16 +166,6 @@ class Converter:
             self._add(node, self.root, (), None, frozenset())
 
     # -- flattening ---------------------------------------------------------------------------
-    def _collect_definitions(self, data: dict) -> dict:
-        defs = {}
-        pending = list(((data.get("definitions") or {}).get("subgraphs")) or [])
-        while pending:
-            sg = pending.pop()
-            if isinstance(sg, dict) and "id" in sg:
-                defs.setdefault(sg["id"], sg)
-                pending.extend(((sg.get("definitions") or {}).get("subgraphs")) or [])
-        return defs
-
     def _add(self, node: dict, graph: Graph, path: tuple, instance: Exec | None, seen: frozenset) -> None:
         """Add a node and, for a subgraph instance, its inner nodes (depth first, in order;
         with a stack, so nesting depth is not limited by Python's recursion limit)."""
@@ -182,6 +182,7 @@ class Converter:
             if node["type"] in seen:
                 raise WorkflowError(f"subgraph {sub.get('name') or node['type']!r} contains itself (node {exec_id})")
             ex.subgraph = Graph.from_json(sub, f"subgraph {sub.get('name') or node['type']!r}")
+            ex.definition = sub
             inner = [(n, ex.subgraph, (*path, node["id"]), ex, seen | {node["type"]})
                      for n in ex.subgraph.nodes.values()]
             pending.extend(reversed(inner))
@@ -202,25 +203,19 @@ class Converter:
                 self._push_value(ex, out.get("links") or [], values[0], set())
 
     def _push_value(self, src: Exec, link_ids: list, value, seen: set) -> None:
-        pending = [(src, list(link_ids))]  # a stack: chains of reroutes of any length
-        while pending:
-            src, ids = pending.pop()
-            for link_id in ids:
-                lk = src.graph.links.get(link_id)
-                if lk is None or link_id in seen:
-                    continue
-                seen.add(link_id)
-                target = self._exec_in(src, lk.target_id)
-                if target is None:
-                    continue
-                if target.node["type"] == "Reroute":
-                    for out in target.outputs[:1]:
-                        pending.append((target, out.get("links") or []))
-                    continue
-                slot = target.inputs[lk.target_slot] if 0 <= lk.target_slot < len(target.inputs) else {}
-                name = (slot.get("widget") or {}).get("name") or slot.get("name")
-                if name:
-                    self.widget_overrides[(target.exec_id, name)] = value
+        """applyFirstWidgetValueToGraph: the nodes its links end at, directly (a Reroute in between
+        has no widget: the current frontend skips it, and the target keeps its own value)."""
+        for link_id in link_ids:
+            lk = src.graph.links.get(link_id)
+            if lk is None:
+                continue
+            target = self._exec_in(src, lk.target_id)
+            if target is None or target.node["type"] in VIRTUAL_TYPES or target.subgraph is not None:
+                continue  # an instance's promoted widget is not read while its input is linked
+            slot = target.inputs[lk.target_slot] if 0 <= lk.target_slot < len(target.inputs) else {}
+            name = (slot.get("widget") or {}).get("name")
+            if name:
+                self.widget_overrides[(target.exec_id, name)] = value
 
     # -- link resolution (ExecutableNodeDTO.resolveInput / resolveOutput) ---------------------
     # One loop over ("I" input | "O" output, exec, slot, type) steps: chains of reroutes,
@@ -278,6 +273,8 @@ class Converter:
         if key in visited:
             raise WorkflowError(f"circular link resolution at output {slot} of node {ex.exec_id}")
         visited.add(key)
+        if ex.mode == MODE_NEVER:  # muted nodes produce no output
+            return None
         if ex.mode == MODE_BYPASS:
             idx = self._bypass_slot(ex, slot, type_)
             return None if idx < 0 else (_IN, ex, idx, None)
@@ -314,37 +311,48 @@ class Converter:
     def promoted_values(self, inst: Exec) -> dict:
         """{subgraph input name: value} of the widgets a subgraph instance shows for its inputs.
 
-        One value per promoted input (an input with a `widget`), in input order, as the current
-        frontend saves them. Counts that disagree (older saves with extra control slots, or
-        proxyWidgets-only promotions) give no values: the inner nodes keep their own.
+        Its promoted inputs are the definition's (workflow_subgraphs.promoted_inputs). A root-level
+        instance fills them in input order from its `widgets_values` (a dict: by name); an input
+        without a saved value, and every input of a nested instance (frontend 1.58.1 does not
+        restore a nested instance's saved values on load), shows the value of the inner widget
+        that made it one, and that value goes to every inner node the input feeds.
         """
         if inst.exec_id in self._promoted:
             return self._promoted[inst.exec_id]
-        promoted = [s for s in inst.inputs if s.get("widget")]
-        saved = inst.node.get("widgets_values")
-        out = {}
-        if isinstance(saved, dict):
-            out = {s["name"]: saved[s["name"]] for s in promoted if s.get("name") in saved}
-        elif saved:
-            saved = list(saved)
-            if len(saved) == len(promoted):
-                out = {s["name"]: v for s, v in zip(promoted, saved)}
-            elif promoted:
-                log.warning("subgraph instance %s: %d widget values for %d promoted inputs; using the inner "
-                            "widget values instead", inst.exec_id, len(saved), len(promoted))
-        for s in promoted:
-            if (inst.exec_id, s["name"]) in self.widget_overrides:
-                out[s["name"]] = self.widget_overrides[(inst.exec_id, s["name"])]
-        self._promoted[inst.exec_id] = out
+        self._promoted[inst.exec_id] = out = {}
+        saved = inst.node.get("widgets_values") if not inst.path else None
+        for i, (name, target_id, key, nested) in enumerate(promoted_inputs(inst.definition, self.defs)):
+            if isinstance(saved, dict) and name in saved:
+                out[name] = saved[name]
+            elif isinstance(saved, list) and i < len(saved):
+                out[name] = saved[i]
+            else:
+                target = self.execs.get(f"{inst.exec_id}:{target_id}")
+                values = (self.promoted_values(target) if nested else self.widget_values_of(target)) if target else {}
+                if key in values:
+                    out[name] = values[key]
         return out
 
+    def widget_values_of(self, ex: Exec) -> dict:
+        """{widget name: value} of a node, with the values primitives write into it."""
+        cls = self.registry.get(ex.node["type"])
+        if cls is None:
+            return {}
+        try:
+            specs = widget_specs(cls.INPUT_TYPES())
+        except Exception as e:  # a node class that cannot describe itself
+            raise WorkflowError(f"node {ex.exec_id} ({ex.node['type']}): INPUT_TYPES() failed: {e}") from e
+        return {name: self.widget_overrides.get((ex.exec_id, name), value)
+                for name, value in widget_values(specs, ex.node.get("widgets_values")).items()}
+
     def _muted(self, ex: Exec) -> bool:
-        """Muted or bypassed, itself or through an enclosing subgraph instance."""
-        while ex is not None:
-            if ex.mode in (MODE_NEVER, MODE_BYPASS):
-                return True
+        """Not queued: muted or bypassed itself, or inside a muted or bypassed root-level instance
+        (graphToPrompt expands only the root instances that run; nested ones always)."""
+        if ex.mode in (MODE_NEVER, MODE_BYPASS):
+            return True
+        while ex.instance is not None:
             ex = ex.instance
-        return False
+        return ex is not None and ex.path == () and ex.subgraph is not None and ex.mode in (MODE_NEVER, MODE_BYPASS)
 
     def title(self, ex: Exec) -> str:
         t = ex.node.get("type")
@@ -360,16 +368,7 @@ class Converter:
             if class_type.startswith(("workflow>", "workflow/")):
                 raise WorkflowError(f"node {ex.exec_id} is a legacy group node ({class_type!r}); "
                                     "convert it to a subgraph in ComfyUI first")
-            inputs = {}
-            cls = self.registry.get(class_type)
-            if cls is not None:
-                try:
-                    specs = widget_specs(cls.INPUT_TYPES())
-                except Exception as e:  # a node class that cannot describe itself
-                    raise WorkflowError(f"node {ex.exec_id} ({class_type}): INPUT_TYPES() failed: {e}") from e
-                for name, value in widget_values(specs, ex.node.get("widgets_values")).items():
-                    value = self.widget_overrides.get((ex.exec_id, name), value)
-                    inputs[name] = _serialise_widget_value(value)
+            inputs = {name: _serialise_widget_value(v) for name, v in self.widget_values_of(ex).items()}
             for i, inp in enumerate(ex.inputs):
                 resolved = self.resolve_input(ex, i, set())
                 if resolved is None:
@@ -378,7 +377,8 @@ class Converter:
                     inputs[inp["name"]] = _serialise_widget_value(resolved[1])
                 else:
                     inputs[inp["name"]] = [resolved[0], int(resolved[1])]
-            prompt[ex.exec_id] = {"inputs": inputs, "class_type": class_type, "_meta": {"title": self.title(ex)}}
+            meta = {"title": self.title(ex), **pack_metadata(ex.node.get("properties"))}
+            prompt[ex.exec_id] = {"inputs": inputs, "class_type": class_type, "_meta": meta}
         for node in prompt.values():  # inputs connected to removed nodes
             for name in [k for k, v in node["inputs"].items() if isinstance(v, list) and v[0] not in prompt]:
                 del node["inputs"][name]

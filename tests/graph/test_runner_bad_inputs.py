@@ -83,7 +83,11 @@ def test_deeply_nested_subgraphs_convert():
     loader.pop("widgets_values")
     ui["definitions"] = {"subgraphs": defs}
     api = ui_to_api(ui, REG)
-    inner_id = ":".join(["1"] * (depth + 1))
+    # every level's node 1 collides (with the root's node 1, then with the level above's), so the
+    # frontend renumbers them in definition order: last_node_id + 1, + 2, ...
+    base = ui["last_node_id"]
+    assert base >= max(n["id"] for n in ui["nodes"])
+    inner_id = ":".join(["1", *(str(base + k) for k in range(1, depth + 1))])
     assert api[inner_id]["class_type"] == "FakeLoader" and api["5"]["inputs"]["model"] == [inner_id, 0]
 
 

@@ -146,7 +146,11 @@ def test_inputs_from_muted_nodes_are_removed():
                                  "class_type": "FakeLora", "_meta": {"title": "Load LoRA (fake)"}}}
 
 
-def test_primitive_reaches_widgets_through_reroutes_and_list_values_are_boxed():
+def test_primitive_reaches_direct_targets_only_and_list_values_are_boxed():
+    """Frontend 1.58 writes a PrimitiveNode's value into the widgets its links end at; a Reroute in
+    between has no widget (skipped), and the input resolved through it ends at the primitive, a
+    virtual node without inputs: the target keeps its own value (tests/graph/frontend_fixtures,
+    primitives_and_reroutes, shows the same in the frontend)."""
     ui = ui_graph([
         ui_node(1, "PrimitiveNode", [],
                 [{"name": "FLOAT", "type": "FLOAT", "links": [1], "widget": {"name": "strength"}}],
@@ -159,8 +163,11 @@ def test_primitive_reaches_widgets_through_reroutes_and_list_values_are_boxed():
         ui_node(5, "FakeList", [], [], [["one", "two"]]),
     ], [[1, 1, 0, 2, 0, "FLOAT"], [2, 2, 0, 4, 1, "FLOAT"], [3, 3, 0, 4, 0, M]])
     api = convert(ui)
-    assert api["4"]["inputs"]["strength"] == 0.33
+    assert api["4"]["inputs"]["strength"] == 1.0  # through the reroute: its own value
     assert api["5"]["inputs"]["text"] == {"__value__": ["one", "two"]}
+    ui["links"][0] = [1, 1, 0, 4, 1, "FLOAT"]  # directly
+    ui["nodes"][3]["inputs"][1]["link"] = 1
+    assert convert(ui)["4"]["inputs"]["strength"] == 0.33
 
 
 def test_unknown_types_keep_links_and_group_nodes_are_refused():
@@ -177,15 +184,22 @@ def test_bypassed_subgraph_instance_passes_its_input_through():
     next(n for n in ui["nodes"] if n["id"] == 2)["mode"] = 4
     api = convert(ui)
     assert api["3"]["inputs"]["model"] == ["1", 0]
-    assert "2:1" not in api and "2:2" not in api and "5:1" in api
+    assert "2:6" not in api and "2:7" not in api and "5:6" in api  # (inner ids 1, 2 renumbered: root has them)
 
 
-def test_promoted_values_that_do_not_line_up_are_not_guessed(caplog):
+def test_promoted_values_fill_the_promoted_inputs_in_order():
+    """As SubgraphNode._applyPromotedWidgetValues: one value per promoted input, in input order;
+    extra values are ignored, a missing one leaves the inner widget's value."""
     ui = fixture("ui_subgraph.json")
-    next(n for n in ui["nodes"] if n["id"] == 2)["widgets_values"] = [0.75, "fixed"]
-    api = convert(ui)
-    assert api["2:1"]["inputs"]["strength"] == 1.0  # the inner node's own value
-    assert "2 widget values for 1 promoted inputs" in caplog.text
+    inst = next(n for n in ui["nodes"] if n["id"] == 2)
+    inst["widgets_values"] = [0.5, "fixed"]
+    assert convert(ui)["2:6"]["inputs"]["strength"] == 0.5
+    inst["widgets_values"] = []
+    assert convert(ui)["2:6"]["inputs"]["strength"] == 1.0  # the inner node's own value
+    for slot in inst["inputs"]:
+        slot.pop("widget", None)  # an older save without the widget marks: promoted all the same
+    inst["widgets_values"] = [0.5]
+    assert convert(ui)["2:6"]["inputs"]["strength"] == 0.5
 
 
 def test_nested_subgraphs_get_nested_ids():
@@ -209,8 +223,11 @@ def test_nested_subgraphs_get_nested_ids():
     inst["inputs"] = inst["inputs"][:1]
     del inst["widgets_values"]
     api = convert(ui)
-    assert api["2:7:1"]["inputs"] == {"lora_name": "style.safetensors", "strength": 0.5, "model": ["1", 0]}
-    assert api["2:7:2"]["inputs"]["model"] == ["2:7:1", 0] and api["3"]["inputs"]["model"] == ["2:7:2", 0]
+    # ids: the pair's 1, 2 collide with root ids -> 6, 7; the wrapper's 7 then collides -> 8. The
+    # nested instance's saved promoted value (0.5) is not restored by frontend 1.58.1: the inner
+    # widget's own value is queued (frontend_fixtures/nested_muted_and_bypassed shows it).
+    assert api["2:8:6"]["inputs"] == {"lora_name": "style.safetensors", "strength": 1.0, "model": ["1", 0]}
+    assert api["2:8:7"]["inputs"]["model"] == ["2:8:6", 0] and api["3"]["inputs"]["model"] == ["2:8:7", 0]
 
 
 def test_a_subgraph_that_contains_itself_is_an_error():
@@ -332,8 +349,8 @@ def test_subgraph_inputs_pair_by_name_not_position():
     inst["inputs"] = [i for i in inst["inputs"] if i["name"] == "model"]
     inst["widgets_values"] = []
     api = convert(ui)
-    assert api["2:1"]["inputs"]["strength"] == 1.0  # the inner node's own value, not ['1', 0]
-    assert api["2:1"]["inputs"]["model"] == ["1", 0]
+    assert api["2:6"]["inputs"]["strength"] == 1.0  # the inner node's own value, not ['1', 0]
+    assert api["2:6"]["inputs"]["model"] == ["1", 0]
 
 
 def test_duplicate_node_ids_are_a_named_error():
