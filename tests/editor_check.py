@@ -61,9 +61,10 @@ async (workflows) => {
         if (!window.LiteGraph.registered_node_types[n.type]) res.problems.push(`unknown node type ${n.type}`);
       }
       const saved = app.graph.serialize();
+      const values = (v) => JSON.stringify(v ?? []);  // frontend 1.5x leaves out an empty list
       for (const orig of wf.nodes) {
         const now = saved.nodes.find((n) => n.id === orig.id);
-        if (JSON.stringify(now?.widgets_values) !== JSON.stringify(orig.widgets_values)) {
+        if (values(now?.widgets_values) !== values(orig.widgets_values)) {
           res.problems.push(`node ${orig.id} saves ${JSON.stringify(now?.widgets_values)}, `
             + `the file has ${JSON.stringify(orig.widgets_values)}`);
         }
@@ -357,11 +358,11 @@ async def check(url: str, chromium: str, shots: Path | None = None) -> dict:
 
 
 def normalise(node):
-    """(class type, inputs) with links as [str id, slot]; compared with ==, so 7 equals 7.0."""
+    """(class type, inputs, _meta) with links as [str id, slot]; compared with ==, so 7 equals 7.0."""
     if node is None:
         return None
     inputs = {k: ([str(v[0]), v[1]] if isinstance(v, list) and len(v) == 2 else v) for k, v in node["inputs"].items()}
-    return node["class_type"], inputs
+    return node["class_type"], inputs, node.get("_meta")
 
 
 def write_embedding(path: Path) -> None:

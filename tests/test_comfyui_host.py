@@ -8,6 +8,9 @@ dependencies). The server runs on 127.0.0.1 on a free port with a temporary base
 ComfyUI checkout changes.
 
     COMFYUI_DIR=/path/to/ComfyUI python -m pytest tests/test_comfyui_host.py
+
+With LORA_LAB_FRONTEND_ROOT (the `static` folder of a newer comfyui-frontend-package, e.g.
+1.58.1) the editor check also runs on that frontend.
 """
 from __future__ import annotations
 
@@ -233,10 +236,31 @@ def test_workflow_runs_through_prompt_api(comfy, path):
         assert f.is_file() and f.stat().st_size > 0
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="the editor check needs Chromium (apt-get install chromium)")
-def test_editor_loads_workflows(comfy):
-    """Headless Chromium opens the editor and loads every workflow (tests/editor_check.py)."""
-    cmd = [comfy_python(Path(COMFYUI_DIR)), str(Path(__file__).with_name("editor_check.py")), "--url", comfy.url,
-           "--json"]
+def run_editor_check(url: str) -> None:
+    cmd = [comfy_python(Path(COMFYUI_DIR)), str(Path(__file__).with_name("editor_check.py")), "--url", url, "--json"]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="the editor check needs Chromium (apt-get install chromium)")
+def test_editor_loads_workflows(comfy):
+    """Headless Chromium opens the editor (the frontend this ComfyUI pins) and loads every
+    workflow (tests/editor_check.py)."""
+    run_editor_check(comfy.url)
+
+
+FRONTEND_ROOT = os.environ.get("LORA_LAB_FRONTEND_ROOT")
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="the editor check needs Chromium (apt-get install chromium)")
+@pytest.mark.skipif(not FRONTEND_ROOT, reason="set LORA_LAB_FRONTEND_ROOT to a newer frontend's static folder "
+                    "(comfyui-frontend-package, e.g. 1.58.1) to check the editor on it too")
+def test_editor_loads_workflows_on_the_current_frontend(tmp_path_factory):
+    """The same check on the frontend in LORA_LAB_FRONTEND_ROOT, served with --front-end-root."""
+    base = tmp_path_factory.mktemp("comfy_base_frontend")
+    prepare_models(base)
+    server = ComfyServer(COMFYUI_DIR, base, extra_args=("--front-end-root", FRONTEND_ROOT))
+    try:
+        run_editor_check(server.url)
+    finally:
+        server.stop()
