@@ -403,6 +403,67 @@ def case_nested_muted_and_bypassed() -> dict:
     return g.workflow([outer])
 
 
+def case_version_1_root() -> dict:
+    """The colliding-ids graph saved as version 1 (links as objects, `state.lastNodeId` 30)."""
+    wf = case_subgraph_colliding_ids()
+    keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+    wf["links"] = [dict(zip(keys, lk)) for lk in wf["links"]]
+    wf["state"] = {"lastGroupId": 0, "lastNodeId": 30, "lastLinkId": len(wf["links"]), "lastRerouteId": 0}
+    for k in ("last_node_id", "last_link_id"):
+        del wf[k]
+    wf["version"] = 1
+    return wf
+
+
+def case_primitives_in_subgraphs() -> dict:
+    """Inside a subgraph: a PrimitiveNode on the KSampler's seed, a Reroute between the subgraph's
+    model input and the sampler, a promoted `steps` input feeding two samplers. At the root: one
+    instance's `steps` linked from a PrimitiveNode, the other's from its saved value."""
+    s = Level(False, [("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"), ("steps", "INT")],
+              [("LATENT", "LATENT"), ("LATENT", "LATENT")])
+    s.inputs[3]["_widget"] = True
+    seed = s.node(1, "PrimitiveNode", [99, "fixed"], outputs=[("INT", "INT")])
+    seed["outputs"][0]["widget"] = {"name": "seed"}
+    rr = s.node(2, "Reroute", None, inputs=[("", "*")], outputs=[("", "MODEL")])
+    k1 = s.node(3, "KSampler", [1, "fixed", 6, 7.0, "euler", "normal", 1.0])
+    k2 = s.node(4, "KSampler", [2, "fixed", 12, 7.0, "euler", "normal", 0.5])
+    k1_seed, k1_steps = s.widget_input(k1, "seed", "INT"), s.widget_input(k1, "steps", "INT")
+    k2_steps = s.widget_input(k2, "steps", "INT")
+    s.link(seed, 0, k1, k1_seed)
+    s.link("in", 0, rr, 0)
+    s.link(rr, 0, k1, 0)
+    s.link(rr, 0, k2, 0)
+    for k in (k1, k2):
+        s.link("in", 1, k, 1)
+        s.link("in", 1, k, 2)
+        s.link("in", 2, k, 3)
+    s.link("in", 3, k1, k1_steps)
+    s.link("in", 3, k2, k2_steps)
+    s.link(k1, 0, "out", 0)
+    s.link(k2, 0, "out", 1)
+    sg = s.definition("5b1a0e36-6f5d-4c0e-9a53-1d0c2f6b7a08", "two samplers")
+    g = Level(True)
+    ckpt = g.node(1, "CheckpointLoaderSimple")
+    pos = g.node(2, "CLIPTextEncode")
+    lat = g.node(3, "EmptyLatentImage")
+    a = g.instance(4, sg, widgets=[3])
+    b = g.instance(5, sg, widgets=[5])
+    steps = g.node(6, "PrimitiveNode", [9, "fixed"], outputs=[("INT", "INT")])
+    steps["outputs"][0]["widget"] = {"name": "steps"}
+    g.link(ckpt, 1, pos, 0)
+    for inst in (a, b):
+        g.link(ckpt, 0, inst, 0)
+        g.link(pos, 0, inst, 1)
+        g.link(lat, 0, inst, 2)
+    g.link(steps, 0, a, 3)
+    for i, inst in enumerate((a, b)):
+        for slot in (0, 1):
+            dec = g.node(7 + 2 * i + slot, "VAEDecode")
+            g.link(inst, slot, dec, 0)
+            g.link(ckpt, 2, dec, 1)
+    return g.workflow([sg])
+
+
 CASES = {
     "subgraph_colliding_ids": case_subgraph_colliding_ids,
     "nested_two_instances": case_nested_and_two_instances,
@@ -410,6 +471,8 @@ CASES = {
     "primitives_and_reroutes": case_primitives_and_reroutes,
     "instance_lacks_an_input": case_instance_lacks_an_input,
     "nested_muted_and_bypassed": case_nested_muted_and_bypassed,
+    "version_1_root": case_version_1_root,
+    "primitives_in_subgraphs": case_primitives_in_subgraphs,
 }
 
 
