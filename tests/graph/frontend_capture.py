@@ -69,6 +69,13 @@ async def _capture(url: str, chromium: str, cases: dict) -> dict:
             chrome.events.clear()
             report = await chrome.evaluate(f"({PAGE_FN})({json.dumps(cases)})")
             report["page_errors"] = chrome.errors()
+            report["litegraph_warnings"] = [  # e.g. "LiteGraph: duplicate subgraph node ID 1 remapped to 9"
+                " ".join(str(a.get("value", "")) for a in e["params"]["args"]) for e in chrome.events
+                if e["method"] == "Runtime.consoleAPICalled" and e["params"].get("type") == "warning"
+                and "LiteGraph" in str(e["params"]["args"][0].get("value", ""))]
+            report["browser"] = (await chrome.send("Browser.getVersion")).get("product")
+            async with session.get(url.rstrip("/") + "/system_stats") as r:
+                report["comfyui_version"] = ((await r.json()).get("system") or {}).get("comfyui_version")
             return report
     finally:
         await chrome.close()
@@ -119,8 +126,9 @@ def main(argv=None) -> int:
             bad += 1
     if args.write:
         (FIXTURE_DIR / "frontend.json").write_text(json.dumps(
-            {"frontend_version": report["version"], "captured_with": "tests/graph/frontend_capture.py --write",
-             "page_messages": [e for e in report["page_errors"] if "LiteGraph" in e or "graphToPrompt" in e]},
+            {"frontend_version": report["version"], "comfyui_version": report["comfyui_version"],
+             "browser": report["browser"], "captured_with": "tests/graph/frontend_capture.py --write",
+             "litegraph_warnings": report["litegraph_warnings"]},
             indent=1) + "\n")
     for e in report["page_errors"]:
         print("  page:", e[:300])
