@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from frontend_cases import CASES, FIXTURE_DIR
+from editor_check import object_info_registry  # noqa: E402, F401 (after the path setup; for the tests)
+from frontend_cases import CASES, FIXTURE_DIR  # noqa: E402
 
 PAGE_FN = r"""
 async (cases) => {

@@ -40,7 +40,8 @@ def frontend():
 
 def test_frontend_is_the_captured_version(frontend):
     want = json.loads((FIXTURE_DIR / "frontend.json").read_text())["frontend_version"]
-    assert frontend["version"] == want, f"fixtures are from frontend {want}; LORA_LAB_FRONTEND_ROOT serves {frontend['version']}"
+    assert frontend["version"] == want, \
+        f"fixtures are from frontend {want}; LORA_LAB_FRONTEND_ROOT serves {frontend['version']}"
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -72,14 +73,13 @@ def test_workflow_templates_convert_as_the_frontend_queues_them():
     import urllib.request
     from pathlib import Path
 
-    from editor_check import object_info_registry
-    from frontend_capture import capture, start_server
-
+    from frontend_capture import capture, object_info_registry, start_server
     from lora_lab.nodes.defs.runner_registry import RUNNER_CLASS_MAPPINGS, RUNNER_DISPLAY_NAME_MAPPINGS
     from lora_lab.nodes.graph.workflow_ui import ui_to_api
 
     folder = Path(templates.__file__).parent / "templates"
-    graphs = {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if not p.name.startswith("index")}
+    graphs = {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
+              if not p.name.startswith("index")}
     graphs = {k: v for k, v in graphs.items() if isinstance(v, dict) and isinstance(v.get("nodes"), list)}
     server = start_server(COMFYUI_DIR, FRONTEND_ROOT)
     try:
