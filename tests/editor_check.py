@@ -389,8 +389,7 @@ def main(argv=None) -> int:
         from test_comfyui_host import ComfyServer, prepare_models
 
         base = Path(tempfile.mkdtemp(prefix="lora-lab-comfy-"))
-        prepare_models(base)
-        write_embedding(base / "models" / "embeddings" / "EasyNegative.safetensors")
+        prepare_models(base)  # (the demo LoRAs, an embedding, ...)
         server = ComfyServer(args.comfy_dir, base)
         args.url = server.url
     try:

@@ -137,7 +137,7 @@ def prepare_models(base: Path) -> None:
     """The demo LoRAs in the loras folder and the demo dataset in input/ (the demo checkpoint is
     written by the pack on first use); for the ComfyUI-only workflows, a small checkpoint that
     ComfyUI's own loader reads as SD 1.5 (tests/defs/comfy_models.py) under the name they use,
-    and a kohya LoRA for it."""
+    and a kohya LoRA for it; an A1111 embedding (EasyNegative) for the editor check."""
     from lora_lab.nodes.demo import demo_lora
 
     demo_lora.ensure_demo_loras(base / "models" / "loras")
@@ -156,6 +156,9 @@ def prepare_models(base: Path) -> None:
     from lora_lab.nodes.demo.demo_image import ensure_demo_image
 
     ensure_demo_image(base / "input")  # LoadImage (ComfyUI's own) lists its input folder
+    from editor_check import write_embedding
+
+    write_embedding(base / "models" / "embeddings" / "EasyNegative.safetensors")  # the editor check's Sample panel
 
 
 def object_info_registry(info: dict) -> dict:
