@@ -15,7 +15,7 @@ def _sampler_names():
 
 
 def _scheduler_names():
-    from ..sampling.schedules import SCHEDULER_NAMES
+    from ..sampling.sampler_names import SCHEDULER_NAMES
 
     return list(SCHEDULER_NAMES)
 

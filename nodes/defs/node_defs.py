@@ -15,13 +15,13 @@ log = logging.getLogger(__name__)
 
 
 def _sampler_names():
-    from ..sampling.samplers import SAMPLER_NAMES
+    from ..sampling.sampler_names import SAMPLER_NAMES
 
     return list(SAMPLER_NAMES)
 
 
 def _scheduler_names():
-    from ..sampling.schedules import SCHEDULER_NAMES
+    from ..sampling.sampler_names import SCHEDULER_NAMES
 
     return list(SCHEDULER_NAMES)
 
