@@ -110,19 +110,21 @@ class LoraLabSampler:
 
         s = SampleSettings(prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
                            batch_size, clip_skip, a1111_noise=a1111_noise)
-        from .nodes_vae import decode_with, start_latent
+        from .nodes_vae import decode_with, lean_memory, start_latent
 
-        start = start_latent(model, latent, image, mask, vae)
-        with Progress(steps, desc="sample") as bar, notices.collect() as notes:  # <lora:> tag partial matches
-            if start is None and float(denoise) == 1.0:  # plain text to image
-                from ..sampling.txt2img import txt2img_latents
+        with lean_memory(model, vae) as tiles:  # LORA_LAB_VAE_TILE / LORA_LAB_ATTENTION_SLICE
+            start = start_latent(model, latent, image, mask, vae, tiles)
+            with Progress(steps, desc="sample") as bar, notices.collect() as notes:  # <lora:> tag partial matches
+                if start is None and float(denoise) == 1.0:  # plain text to image
+                    from ..sampling.txt2img import txt2img_latents
 
-                out = {"samples": txt2img_latents(model, s, progress=bar).float().cpu() / model.vae_scaling_factor}
-            else:
-                from ..sampling.img2img import sample_latent
+                    out = {"samples": txt2img_latents(model, s, progress=bar).float().cpu() / model.vae_scaling_factor}
+                else:
+                    from ..sampling.img2img import sample_latent
 
-                out = sample_latent(model, s, start, float(denoise), progress=bar)
-        return notices.with_ui((decode_with(model, vae, out["samples"]), out), notes)
+                    out = sample_latent(model, s, start, float(denoise), progress=bar)
+            images = decode_with(model, vae, out["samples"], tiles)
+        return notices.with_ui((images, out), notes)
 
 
 class LoraLabSaveImage:
