@@ -14,6 +14,12 @@ from .common import with_run_label as _with_run_label
 log = logging.getLogger(__name__)
 
 
+def _register_caches():
+    from .comfy_memory import register
+
+    register()  # the LoRA cache under ComfyUI's model management (a no-op in the runner)
+
+
 def _sampler_names():
     from ..sampling.sampler_names import SAMPLER_NAMES
 
@@ -51,10 +57,14 @@ class LoraLabCheckpointLoader:
         from ..io.paths import resolve
         from ..model.checkpoint import load_checkpoint
 
+        from .comfy_memory import register
+
         try:
             if ckpt_name == DEMO_NAME:
                 ensure_demo_checkpoint()
-            return (load_checkpoint(resolve("checkpoints", ckpt_name)),)
+            handle = load_checkpoint(resolve("checkpoints", ckpt_name))
+            register()  # inside ComfyUI its free-memory / unload requests now reach our caches
+            return (handle,)
         except LoraLabError as e:
             raise NodeInputError("LoraLabCheckpointLoader", "ckpt_name", ckpt_name, str(e)) from None
 
@@ -198,6 +208,7 @@ class LoraLabLoraLoader:
         entry = StackEntry(lora_name, su, st)
         with notices.collect() as notes:  # a partial match is shown on the node, not only logged
             result = add_loras(model, [entry], node, "lora_name", block_weights)
+        _register_caches()
         return notices.with_ui(result, notes)
 
 
@@ -229,6 +240,7 @@ class LoraLabLoraStack:
         ensure_named(e.name for e in entries)
         with notices.collect() as notes:
             new, words = add_loras(model, entries, "LoraLabLoraStack", "loras", block_weights)
+        _register_caches()
         out_stack = [(e.name, e.strength_unet, e.strength_text) for e in entries]
         return notices.with_ui((new, out_stack, words), notes)
 
