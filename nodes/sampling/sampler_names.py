@@ -21,3 +21,6 @@ SCHEDULER_NAMES: tuple[str, ...] = (
     "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic",
     "kl_optimal",
 )  # fmt: skip
+
+# A1111 Noise's RNG sources (noise_a1111.py draws them), torch-free for the node's inputs.
+RNG_SOURCES: tuple[str, ...] = ("CPU", "NV")
