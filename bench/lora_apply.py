@@ -3,6 +3,8 @@
 Side by side in one run, on the same weights:
   - LoRA Lab's patcher (activate / switch / restore),
   - diffusers' load_lora_weights + fuse_lora, and unfuse_lora (+ unload),
+  - with COMFYUI_DIR set (run in ComfyUI's Python): ComfyUI's ModelPatcher (comfy.lora.load_lora
+    patches, add_patches, patch_model / unpatch_model: its backups and restore),
   - the memory-traffic floor: bytes of the touched weights read and written once, divided by
     the copy bandwidth measured here (dst.copy_(src) on a large fp32 tensor).
 
@@ -11,6 +13,7 @@ Two cases: a rank-32 kohya LoRA on every attention layer (to_q/k/v/out of attn1 
 configuration and random fp32 weights built in memory (nothing is downloaded).
 
 Run:  python bench/lora_apply.py [--repeats 3] [--cases attn,attn_ff] [--dtype float16] [--device cuda]
+      COMFYUI_DIR=/path/to/ComfyUI /path/to/ComfyUI/.venv/bin/python bench/lora_apply.py ...  (+ ComfyUI rows)
 
 --dtype float16/bfloat16 stores the UNet in half precision (the patcher's math stays fp32, so
 the floor halves while the compute does not); --device cuda runs everything on the GPU.
@@ -228,6 +231,73 @@ def bench_stack_diffusers(unet, sds, repeats):
     return statistics.median(times)
 
 
+def have_peft() -> bool:
+    """diffusers' LoRA loading needs peft (ComfyUI's venv may lack it: then no diffusers columns)."""
+    import importlib.util
+
+    return importlib.util.find_spec("peft") is not None
+
+
+def comfy_modules():
+    """(comfy.model_patcher, comfy.lora) when COMFYUI_DIR names a ComfyUI that imports here, else None."""
+    import importlib
+    import sys
+
+    root = os.environ.get("COMFYUI_DIR")
+    if not root:
+        return None
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        if "comfy.model_management" not in sys.modules:
+            importlib.import_module("comfy.cli_args").args.cpu = DEVICE.type == "cpu"
+        return importlib.import_module("comfy.model_patcher"), importlib.import_module("comfy.lora")
+    except (ImportError, RuntimeError, OSError, AttributeError) as e:
+        raise SystemExit(f"COMFYUI_DIR={root!r} does not import in this Python: {e!r}") from None
+
+
+def bench_comfy(unet, sds, repeats, comfy):
+    """ComfyUI's patching of the same UNet: apply = patch_model with the first LoRA's patches,
+    switch = unpatch + patch_model with the second's (a fresh clone, as a new LoraLoader gives),
+    restore = unpatch_model. sds: one LoRA each, or (for a stack) all added to one patcher."""
+    model_patcher, lora = comfy
+    holder = torch.nn.Module()  # ModelPatcher sets .device on its model; the UNet's is a property
+    holder.diffusion_model = unet
+    key_map = {"lora_unet_" + n.replace(".", "_"): f"diffusion_model.{n}.weight" for n, _ in unet.named_modules()}
+    base = model_patcher.ModelPatcher(holder, load_device=DEVICE, offload_device=DEVICE)
+
+    def with_patches(group):
+        mp = base.clone()
+        for sd in group:
+            mp.add_patches(lora.load_lora(sd, {k: v for k, v in key_map.items() if k + ".alpha" in sd}), 1.0)
+        return mp
+
+    a, b = with_patches(sds[:1]), with_patches(sds[1:2] or sds[:1])
+    apply_t, switch_t, restore_t = [], [], []
+    for _ in range(repeats):
+        apply_t.append(timed(a.patch_model))
+        switch_t.append(timed(lambda: (a.unpatch_model(), b.patch_model())))
+        restore_t.append(timed(b.unpatch_model))
+    return dict(apply=statistics.median(apply_t), switch=statistics.median(switch_t),
+                restore=statistics.median(restore_t))
+
+
+def bench_stack_comfy(unet, sds, repeats, comfy):
+    """patch_model with every LoRA of the stack added to one patcher (strength 1), then unpatch."""
+    model_patcher, lora = comfy
+    holder = torch.nn.Module()
+    holder.diffusion_model = unet
+    key_map = {"lora_unet_" + n.replace(".", "_"): f"diffusion_model.{n}.weight" for n, _ in unet.named_modules()}
+    mp = model_patcher.ModelPatcher(holder, load_device=DEVICE, offload_device=DEVICE)
+    for sd in sds:
+        mp.add_patches(lora.load_lora(sd, {k: v for k, v in key_map.items() if k + ".alpha" in sd}), 1.0)
+    times = []
+    for _ in range(repeats):
+        times.append(timed(mp.patch_model))
+        mp.unpatch_model()
+    return statistics.median(times)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -250,7 +320,9 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    comfy = comfy_modules()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+          + (f"; ComfyUI at {os.environ['COMFYUI_DIR']}" if comfy else "; no ComfyUI rows (COMFYUI_DIR unset)"))
     bw = copy_bandwidth()
     flops = matmul_flops()
     print(f"copy bandwidth: {bw / 1e9:.2f} GB/s (bytes copied per second); "
@@ -262,35 +334,43 @@ def main(argv=None):
         unet = build_unet(dtype, DEVICE, small=args.small)
         print(f"SD 1.5 UNet built in memory ({sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M params, "
               f"{dtype_name}, {DEVICE}) in {time.perf_counter() - t:.1f}s")
-        _case_rows(unet, args, dtype_name, bw, flops, rows)
+        _case_rows(unet, args, dtype_name, bw, flops, rows, comfy)
         if stacks:
-            _stack_rows(unet, stacks, args.repeats, dtype_name, bw, flops, stack_rows)
+            _stack_rows(unet, stacks, args.repeats, dtype_name, bw, flops, stack_rows, comfy)
         del unet
         gc.collect()
     print()
     print("| case | touched | memory floor | compute floor | ours apply | ours switch | ours restore | "
           "diffusers load+fuse | diffusers switch | diffusers unfuse+unload | apply / memory floor | "
-          "apply / max(floors) | apply / (memory + compute) | diffusers / ours (apply) | extra memory / touched |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for case, touched, floor, cfloor, o, d in rows:
+          "apply / max(floors) | apply / (memory + compute) | diffusers / ours (apply) | extra memory / touched | "
+          "ComfyUI apply / switch / restore | ComfyUI / ours (apply / switch / restore) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for case, touched, floor, cfloor, o, d, c in rows:
+        cc = "– | –" if c is None else (
+            f"{c['apply'] * 1e3:.0f} / {c['switch'] * 1e3:.0f} / {c['restore'] * 1e3:.1f} ms | "
+            f"{c['apply'] / o['apply']:.1f}x / {c['switch'] / o['switch']:.1f}x / {c['restore'] / o['restore']:.1f}x")
         print(f"| {case} | {touched / 2**20:.0f} MiB | {floor * 1e3:.1f} ms | {cfloor * 1e3:.1f} ms | "
               f"{o['apply'] * 1e3:.1f} ms | {o['switch'] * 1e3:.1f} ms | {o['restore'] * 1e3:.2f} ms | "
-              f"{d['apply'] * 1e3:.0f} ms | {d['switch'] * 1e3:.0f} ms | {d['restore'] * 1e3:.0f} ms | "
-              f"{o['apply'] / floor:.2f}x | {o['apply'] / max(floor, cfloor):.2f}x | {o['apply'] / (floor + cfloor):.2f}x | "
-              f"{d['apply'] / o['apply']:.1f}x | {o['extra_bytes'] / touched:.2f} |")
+              + ("– | – | – | " if d is None else
+                 f"{d['apply'] * 1e3:.0f} ms | {d['switch'] * 1e3:.0f} ms | {d['restore'] * 1e3:.0f} ms | ")
+              + f"{o['apply'] / floor:.2f}x | {o['apply'] / max(floor, cfloor):.2f}x | {o['apply'] / (floor + cfloor):.2f}x | "
+              + ("– | " if d is None else f"{d['apply'] / o['apply']:.1f}x | ")
+              + f"{o['extra_bytes'] / touched:.2f} | {cc} |")
     if stack_rows:
         print()
         print("| dtype | stack | memory floor | compute floor | ours apply | diffusers load+fuse | "
-              "apply / memory floor | apply / max(floors) | diffusers / ours |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for dtype_name, n, floor, cfloor, ours, theirs in stack_rows:
+              "apply / memory floor | apply / max(floors) | diffusers / ours | ComfyUI patch_model | ComfyUI / ours |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for dtype_name, n, floor, cfloor, ours, theirs, c in stack_rows:
+            cc = "– | –" if c is None else f"{c * 1e3:.0f} ms | {c / ours:.1f}x"
+            dd = ("–", "–") if theirs is None else (f"{theirs * 1e3:.0f} ms", f"{theirs / ours:.1f}x")
             print(f"| {dtype_name} | {n} | {floor * 1e3:.1f} ms | {cfloor * 1e3:.1f} ms | {ours * 1e3:.1f} ms | "
-                  f"{theirs * 1e3:.0f} ms | {ours / floor:.2f}x | {ours / max(floor, cfloor):.2f}x | {theirs / ours:.1f}x |")
+                  f"{dd[0]} | {ours / floor:.2f}x | {ours / max(floor, cfloor):.2f}x | {dd[1]} | {cc} |")
     if rows:
         print(f"\n(one-time key index for the model: {rows[0][4]['index'] * 1e3:.0f} ms)")
 
 
-def _case_rows(unet, args, dtype_name, bw, flops, rows):
+def _case_rows(unet, args, dtype_name, bw, flops, rows, comfy=None):
     from safetensors.torch import save_file
 
     cases = {"attn": ATTN, "attn_ff": ATTN + FF}
@@ -309,12 +389,14 @@ def _case_rows(unet, args, dtype_name, bw, flops, rows):
             compute_floor = 2 * 32 * touched_elements(unet, suffixes) / flops
             ours = bench_ours(unet, files, args.repeats)
             gc.collect()
-            theirs = bench_diffusers(unet, sds, args.repeats)
+            theirs = bench_diffusers(unet, sds, args.repeats) if have_peft() else None
             gc.collect()
-            rows.append((f"{case} {dtype_name}", touched, floor, compute_floor, ours, theirs))
+            c = None if comfy is None else bench_comfy(unet, sds, args.repeats, comfy)
+            gc.collect()
+            rows.append((f"{case} {dtype_name}", touched, floor, compute_floor, ours, theirs, c))
 
 
-def _stack_rows(unet, stacks, repeats, dtype_name, bw, flops, out):
+def _stack_rows(unet, stacks, repeats, dtype_name, bw, flops, out, comfy=None):
     from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -329,9 +411,11 @@ def _stack_rows(unet, stacks, repeats, dtype_name, bw, flops, out):
             compute_floor = 2 * 32 * n * touched_elements(unet, ATTN) / flops  # one rank-32n product
             ours = bench_stack_ours(unet, files[:n], repeats)
             gc.collect()
-            theirs = bench_stack_diffusers(unet, sds[:n], repeats)
+            theirs = bench_stack_diffusers(unet, sds[:n], repeats) if have_peft() else None
             gc.collect()
-            out.append((dtype_name, n, floor, compute_floor, ours, theirs))
+            c = None if comfy is None else bench_stack_comfy(unet, sds[:n], repeats, comfy)
+            gc.collect()
+            out.append((dtype_name, n, floor, compute_floor, ours, theirs, c))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,12 @@ def apply_entries(model, clip, entries: list, node: str, input_name: str, block_
     from ..lora.lora_stack import add_loras
     from .comfy_patches import apply_stack, comfy_shapes
 
+    from .comfy_memory import register
+
     if not entries:
         return model, clip, ""
     ensure_named(e.name for e in entries)
+    register()  # parsed LoRAs are cached: under ComfyUI's model management from here on
     if _is_runner_model(model):
         return _runner_apply(model, clip, entries, node, input_name, block_weights)
     try:

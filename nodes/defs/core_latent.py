@@ -15,7 +15,7 @@ def _sampler_names():
 
 
 def _scheduler_names():
-    from ..sampling.schedules import SCHEDULER_NAMES
+    from ..sampling.sampler_names import SCHEDULER_NAMES
 
     return list(SCHEDULER_NAMES)
 
@@ -135,6 +135,58 @@ class VAEEncode:
         return ({"samples": vae_encode(vae, pixels)},)
 
 
+def _temporal_inputs(what: str) -> dict:
+    """The video inputs ComfyUI's tiled nodes carry; accepted (an SD VAE has no time axis) and unused."""
+    return {"temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4,
+                                      "tooltip": f"Only used for video VAEs: Amount of frames to {what} at a time."}),
+            "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4,
+                                         "tooltip": "Only used for video VAEs: Amount of frames to overlap."})}
+
+
+class VAEDecodeTiled:
+    """ComfyUI's VAEDecodeTiled: the decode in overlapping tiles, blended (sampling/vae_tiling.py)."""
+
+    CATEGORY = "_for_testing"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "vae": ("VAE",),
+                             "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 32}),
+                             "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
+                             **_temporal_inputs("decode")}}
+
+    def decode(self, vae, samples, tile_size, overlap=64, temporal_size=64, temporal_overlap=8):
+        from ..sampling.latent_ops import vae_decode
+        from ..sampling.vae_tiling import from_node
+
+        tiles = from_node(tile_size, overlap, vae.downscale_ratio, "VAEDecodeTiled")
+        return (vae_decode(vae, samples["samples"], "VAEDecodeTiled", tiles),)
+
+
+class VAEEncodeTiled:
+    """ComfyUI's VAEEncodeTiled: the encode in overlapping pixel tiles, blended."""
+
+    CATEGORY = "_for_testing"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"pixels": ("IMAGE",), "vae": ("VAE",),
+                             "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64}),
+                             "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
+                             **_temporal_inputs("encode")}}
+
+    def encode(self, vae, pixels, tile_size, overlap, temporal_size=64, temporal_overlap=8):
+        from ..sampling.latent_ops import vae_encode
+        from ..sampling.vae_tiling import from_node
+
+        tiles = from_node(tile_size, overlap, 1, "VAEEncodeTiled")
+        return ({"samples": vae_encode(vae, pixels, "VAEEncodeTiled", tiles)},)
+
+
 class VAEEncodeForInpaint:
     CATEGORY = "latent/inpaint"
     RETURN_TYPES = ("LATENT",)
@@ -233,12 +285,14 @@ class LatentFromBatch:
         return (latent_from_batch(samples, int(batch_index), int(length)),)
 
 
-_CLASSES = (EmptyLatentImage, KSampler, KSamplerAdvanced, VAEDecode, VAEEncode, VAEEncodeForInpaint,
+_CLASSES = (EmptyLatentImage, KSampler, KSamplerAdvanced, VAEDecode, VAEEncode, VAEDecodeTiled, VAEEncodeTiled,
+            VAEEncodeForInpaint,
             SetLatentNoiseMask, LatentUpscale, LatentUpscaleBy, RepeatLatentBatch, LatentFromBatch)
 NODE_CLASS_MAPPINGS = {c.__name__: c for c in _CLASSES}
 NODE_DISPLAY_NAME_MAPPINGS = {"EmptyLatentImage": "Empty Latent Image", "KSampler": "KSampler",
                               "KSamplerAdvanced": "KSampler (Advanced)", "VAEDecode": "VAE Decode",
-                              "VAEEncode": "VAE Encode", "VAEEncodeForInpaint": "VAE Encode (for Inpainting)",
+                              "VAEEncode": "VAE Encode", "VAEDecodeTiled": "VAE Decode (Tiled)",
+                              "VAEEncodeTiled": "VAE Encode (Tiled)", "VAEEncodeForInpaint": "VAE Encode (for Inpainting)",
                               "SetLatentNoiseMask": "Set Latent Noise Mask", "LatentUpscale": "Upscale Latent",
                               "LatentUpscaleBy": "Upscale Latent By", "RepeatLatentBatch": "Repeat Latent Batch",
                               "LatentFromBatch": "Latent From Batch"}

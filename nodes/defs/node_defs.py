@@ -14,14 +14,20 @@ from .common import with_run_label as _with_run_label
 log = logging.getLogger(__name__)
 
 
+def _register_caches():
+    from .comfy_memory import register
+
+    register()  # the LoRA cache under ComfyUI's model management (a no-op in the runner)
+
+
 def _sampler_names():
-    from ..sampling.samplers import SAMPLER_NAMES
+    from ..sampling.sampler_names import SAMPLER_NAMES
 
     return list(SAMPLER_NAMES)
 
 
 def _scheduler_names():
-    from ..sampling.schedules import SCHEDULER_NAMES
+    from ..sampling.sampler_names import SCHEDULER_NAMES
 
     return list(SCHEDULER_NAMES)
 
@@ -51,10 +57,14 @@ class LoraLabCheckpointLoader:
         from ..io.paths import resolve
         from ..model.checkpoint import load_checkpoint
 
+        from .comfy_memory import register
+
         try:
             if ckpt_name == DEMO_NAME:
                 ensure_demo_checkpoint()
-            return (load_checkpoint(resolve("checkpoints", ckpt_name)),)
+            handle = load_checkpoint(resolve("checkpoints", ckpt_name))
+            register()  # inside ComfyUI its free-memory / unload requests now reach our caches
+            return (handle,)
         except LoraLabError as e:
             raise NodeInputError("LoraLabCheckpointLoader", "ckpt_name", ckpt_name, str(e)) from None
 
@@ -110,19 +120,21 @@ class LoraLabSampler:
 
         s = SampleSettings(prompt, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
                            batch_size, clip_skip, a1111_noise=a1111_noise)
-        from .nodes_vae import decode_with, start_latent
+        from .nodes_vae import decode_with, lean_memory, start_latent
 
-        start = start_latent(model, latent, image, mask, vae)
-        with Progress(steps, desc="sample") as bar, notices.collect() as notes:  # <lora:> tag partial matches
-            if start is None and float(denoise) == 1.0:  # plain text to image
-                from ..sampling.txt2img import txt2img_latents
+        with lean_memory(model, vae) as tiles:  # LORA_LAB_VAE_TILE / LORA_LAB_ATTENTION_SLICE
+            start = start_latent(model, latent, image, mask, vae, tiles)
+            with Progress(steps, desc="sample") as bar, notices.collect() as notes:  # <lora:> tag partial matches
+                if start is None and float(denoise) == 1.0:  # plain text to image
+                    from ..sampling.txt2img import txt2img_latents
 
-                out = {"samples": txt2img_latents(model, s, progress=bar).float().cpu() / model.vae_scaling_factor}
-            else:
-                from ..sampling.img2img import sample_latent
+                    out = {"samples": txt2img_latents(model, s, progress=bar).float().cpu() / model.vae_scaling_factor}
+                else:
+                    from ..sampling.img2img import sample_latent
 
-                out = sample_latent(model, s, start, float(denoise), progress=bar)
-        return notices.with_ui((decode_with(model, vae, out["samples"]), out), notes)
+                    out = sample_latent(model, s, start, float(denoise), progress=bar)
+            images = decode_with(model, vae, out["samples"], tiles)
+        return notices.with_ui((images, out), notes)
 
 
 class LoraLabSaveImage:
@@ -196,6 +208,7 @@ class LoraLabLoraLoader:
         entry = StackEntry(lora_name, su, st)
         with notices.collect() as notes:  # a partial match is shown on the node, not only logged
             result = add_loras(model, [entry], node, "lora_name", block_weights)
+        _register_caches()
         return notices.with_ui(result, notes)
 
 
@@ -227,6 +240,7 @@ class LoraLabLoraStack:
         ensure_named(e.name for e in entries)
         with notices.collect() as notes:
             new, words = add_loras(model, entries, "LoraLabLoraStack", "loras", block_weights)
+        _register_caches()
         out_stack = [(e.name, e.strength_unet, e.strength_text) for e in entries]
         return notices.with_ui((new, out_stack, words), notes)
 

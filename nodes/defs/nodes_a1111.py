@@ -19,7 +19,7 @@ class LoraLabA1111Noise:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..sampling.noise_a1111 import RNG_SOURCES
+        from ..sampling.sampler_names import RNG_SOURCES
 
         return {"required": {
             "rng": (list(RNG_SOURCES), {"tooltip": "A1111's 'Random number generator source' (RNG: in the "

@@ -27,8 +27,7 @@ class LoraLabStrengthSweep:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..sampling.samplers import SAMPLER_NAMES
-        from ..sampling.schedules import SCHEDULER_NAMES
+        from ..sampling.sampler_names import SAMPLER_NAMES, SCHEDULER_NAMES
         from ..sampling.sweep import AXIS2_CHOICES, NO_LORA
 
         names = _lora_names()

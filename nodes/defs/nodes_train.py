@@ -30,8 +30,8 @@ class LoraLabTrainLora:
             MIXED_PRECISION,
             SAVE_DTYPES,
             TARGETS,
+            available_optimizers,
         )
-        from ..train.train_runtime import available_optimizers
 
         return {
             "required": {

@@ -4,6 +4,8 @@ latents), so they plug into ComfyUI's own latent nodes; VAE edges are ours (LORA
 diffusers AutoencoderKL), distinct from ComfyUI's VAE objects."""
 from __future__ import annotations
 
+import contextlib
+
 from .common import CATEGORY, MODEL, VAE
 
 
@@ -13,7 +15,48 @@ def _vae_of(model, vae):
     return vae if vae is not None else VaeHandle(model.vae, model.source)
 
 
-def start_latent(model, latent, image, mask, vae):
+ENV_VAE_TILE = "LORA_LAB_VAE_TILE"  # pixels; 0 or unset: whole images
+ENV_ATTENTION_SLICE = "LORA_LAB_ATTENTION_SLICE"  # queries per attention chunk; 0 or unset: all at once
+
+
+def _env_int(var: str) -> int:
+    import os
+
+    from ..io.errors import LoraLabError
+
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise LoraLabError(f"{var}={raw!r}: expected 0 (off) or a positive whole number")
+    return int(raw)
+
+
+@contextlib.contextmanager
+def lean_memory(model, vae):
+    """Sample's memory options, process-wide settings as ComfyUI's --use-split-cross-attention is
+    (no new widgets, so saved graphs keep their widget positions): LORA_LAB_ATTENTION_SLICE=N runs
+    attention over N queries at a time in the UNet and the VAE for the block (their processors
+    restored after); LORA_LAB_VAE_TILE=P encodes / decodes in P-pixel tiles with 64 px overlap, as
+    VAE Decode (Tiled). Yields (decode tiles, encode tiles), or None for whole images."""
+    from ..sampling.attention import sliced_attention
+    from ..sampling.vae_tiling import from_node
+
+    node = "LoraLabSampler"
+    tile_px, chunk = _env_int(ENV_VAE_TILE), _env_int(ENV_ATTENTION_SLICE)
+    v = _vae_of(model, vae)
+    tiles = None
+    if tile_px:
+        if tile_px < 64:
+            from ..io.errors import LoraLabError
+
+            raise LoraLabError(f"{ENV_VAE_TILE}={tile_px}: tiles are at least 64 pixels (0: whole images)")
+        tiles = (from_node(tile_px, 64, v.downscale_ratio, node), from_node(tile_px, 64, 1, node))
+    with sliced_attention(model.unet, chunk), sliced_attention(v.vae, chunk):
+        yield tiles
+
+
+def start_latent(model, latent, image, mask, vae, tiles=None):
     """Sample's starting LATENT: `latent`, or `image` encoded, or None (text to image); a mask is
     attached as a noise mask, or (9-channel inpainting UNet, image given) VAEEncodeForInpaint's way."""
     from ..io.errors import NodeInputError
@@ -26,7 +69,7 @@ def start_latent(model, latent, image, mask, vae):
         v = _vae_of(model, vae)
         if mask is not None and inpaint_model(model):
             return encode_for_inpaint(v, image, mask, 6)
-        latent = {"samples": vae_encode(v, image, "LoraLabSampler")}
+        latent = {"samples": vae_encode(v, image, "LoraLabSampler", tiles and tiles[1])}
     if mask is not None and latent is None:
         raise NodeInputError("LoraLabSampler", "mask", "MASK", "a mask needs a latent or an image to inpaint")
     if latent is not None and not (isinstance(latent, dict) and "samples" in latent):
@@ -34,10 +77,11 @@ def start_latent(model, latent, image, mask, vae):
     return None if latent is None else with_mask(latent, mask)
 
 
-def decode_with(model, vae, samples):
+def decode_with(model, vae, samples, tiles=None):
+    """tiles: lean_memory's (decode tiles, encode tiles), or None."""
     from ..sampling.latent_ops import vae_decode
 
-    return vae_decode(_vae_of(model, vae), samples, "LoraLabSampler")
+    return vae_decode(_vae_of(model, vae), samples, "LoraLabSampler", tiles and tiles[0])
 
 
 class LoraLabVAELoader:

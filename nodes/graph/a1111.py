@@ -71,8 +71,7 @@ def _int(fields: dict, key: str, default: int | None = None) -> int | None:
 
 def _sampler(fields: dict, prefix: str = "") -> tuple[str, str]:
     """(ComfyUI sampler, ComfyUI scheduler) from Sampler / Schedule type (prefix "Hires ": the second pass's)."""
-    from ..sampling.samplers import SAMPLER_NAMES
-    from ..sampling.schedules import SCHEDULER_NAMES
+    from ..sampling.sampler_names import SAMPLER_NAMES, SCHEDULER_NAMES
 
     raw = fields.get("Sampler") or "Euler a"  # A1111's default sampler
     a1111, schedule = split_sampler(raw, fields.get("Schedule type"))

@@ -131,6 +131,11 @@ class ByteLRU:
             log.debug("cache %s: evicted %r (%.1f MB), %.1f MB left", self.name, key, b / 2**20, total / 2**20)
 
 
+def total_bytes() -> int:
+    """Bytes held by every cache made here."""
+    return sum(c.total_bytes for c in list(_CACHES))
+
+
 def free_memory(n_bytes: int) -> int:
     """Free at least `n_bytes` from the caches (largest total first); returns bytes freed."""
     freed = 0

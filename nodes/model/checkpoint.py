@@ -150,8 +150,10 @@ def vae_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def build_components(conv: Converted, dtype=torch.float32, device="cpu", own: bool = False) -> dict:
     """diffusers / transformers modules holding the converted weights (own: see _assign)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from .hf_classes import clip_text_classes, unet_class, vae_class
+
+    UNet2DConditionModel, AutoencoderKL = unet_class(), vae_class()
+    CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection = clip_text_classes()
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**conv.unet_config)
@@ -229,8 +231,10 @@ def load_diffusers_folder(folder: str | os.PathLike, dtype=torch.float32, device
     """A diffusers-format model folder (model_index.json + unet/ vae/ text_encoder*/), offline."""
     import json
 
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from .hf_classes import clip_text_classes, unet_class, vae_class
+
+    UNet2DConditionModel, AutoencoderKL = unet_class(), vae_class()
+    _, CLIPTextModel, CLIPTextModelWithProjection = clip_text_classes()
 
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():

@@ -59,12 +59,11 @@ class VaeHandle:
 
 def load_vae_file(path, dtype=torch.float32, device="cpu") -> VaeHandle:
     """A standalone LDM VAE file (.safetensors) -> VaeHandle; refuses files that are no SD VAE."""
-    from diffusers import AutoencoderKL
-
     from ..io.errors import CheckpointError
     from ..io.safetensors_io import TensorSource
     from . import ckpt_config, ckpt_keys
     from .checkpoint import _assign, vae_dtype
+    from .hf_classes import vae_class
 
     src = TensorSource(path)
     prefix = ckpt_keys.VAE_PREFIX
@@ -79,5 +78,5 @@ def load_vae_file(path, dtype=torch.float32, device="cpu") -> VaeHandle:
     if left:
         log.warning("%s: %d VAE keys not used, e.g. %s", path, len(left), left[:5])
     with torch.device("meta"):
-        vae = AutoencoderKL(**cfg)
+        vae = vae_class()(**cfg)
     return VaeHandle(_assign(vae, sd, "VAE", vae_dtype(dtype), device), source=str(path))

@@ -94,8 +94,10 @@ def _init_(module: torch.nn.Module, generator: torch.Generator) -> None:
 
 def build_components(family: str, seed: int = 0):
     """(unet, vae, text_encoders) of the tiny layout, deterministic for a seed."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from .hf_classes import clip_text_classes, unet_class, vae_class
+
+    UNet2DConditionModel, AutoencoderKL = unet_class(), vae_class()
+    CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection = clip_text_classes()
 
     g = torch.Generator().manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config(family))

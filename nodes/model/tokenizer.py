@@ -23,7 +23,9 @@ def load_tokenizer(kind: str):
     """
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {TOKENIZER_KINDS}")
-    from transformers import CLIPTokenizer
+    from .hf_classes import clip_tokenizer_class
+
+    CLIPTokenizer = clip_tokenizer_class()
 
     folder = TOKENIZERS_DIR / kind
     missing = [n for n in ("vocab.json", "merges.txt", "special_tokens_map.json") if not (folder / n).is_file()]

@@ -53,8 +53,7 @@ class KSamplerSettings:
     a1111_noise: object = None  # noise_a1111.A1111Noise: A1111's noise (a new ImageRNG per pass)
 
     def __post_init__(self):
-        from .sampler_names import SAMPLER_NAMES
-        from .schedules import SCHEDULER_NAMES
+        from .sampler_names import SAMPLER_NAMES, SCHEDULER_NAMES
 
         if self.sampler_name not in SAMPLER_NAMES:
             raise NodeInputError(self.node, "sampler_name", self.sampler_name, f"unknown sampler; one of {SAMPLER_NAMES}")

@@ -34,34 +34,28 @@ def crop_pixels(pixels: torch.Tensor, ratio: int = 8) -> torch.Tensor:
 
 
 @torch.no_grad()
-def vae_encode(vae, pixels: torch.Tensor, node: str = "VAEEncode") -> torch.Tensor:
-    """IMAGE -> raw latents [B, 4, h, w] float32: the posterior's mode (ComfyUI's regulariser)."""
+def vae_encode(vae, pixels: torch.Tensor, node: str = "VAEEncode", tiles=None) -> torch.Tensor:
+    """IMAGE -> raw latents [B, 4, h, w] float32: the posterior's mode (ComfyUI's regulariser).
+    One image at a time; `tiles` (vae_tiling.Tiles, in pixels): each image in overlapping tiles."""
+    from .vae_tiling import encode
+
     _check_image(node, "pixels", pixels)
     px = crop_pixels(pixels[..., :3], vae.downscale_ratio)
     if px.shape[1] == 0 or px.shape[2] == 0:
         raise NodeInputError(node, "pixels", tuple(pixels.shape), "the image is smaller than 8 px")
-    model = vae.vae
-    dtype = next(model.parameters()).dtype
-    out = []
-    for i in range(px.shape[0]):
-        x = (px[i:i + 1].movedim(-1, 1) * 2.0 - 1.0).to(model.device, dtype)
-        out.append(model.encode(x).latent_dist.mode().float().cpu())
-    return torch.cat(out)
+    return encode(vae.vae, px.movedim(-1, 1) * 2.0 - 1.0, tiles)
 
 
 @torch.no_grad()
-def vae_decode(vae, samples: torch.Tensor, node: str = "VAEDecode") -> torch.Tensor:
-    """Raw latents [B, 4, h, w] -> IMAGE [B, 8h, 8w, 3] in 0..1."""
+def vae_decode(vae, samples: torch.Tensor, node: str = "VAEDecode", tiles=None) -> torch.Tensor:
+    """Raw latents [B, 4, h, w] -> IMAGE [B, 8h, 8w, 3] in 0..1. One image at a time (decode memory
+    grows fast with size); `tiles` (vae_tiling.Tiles, in latent cells): each in overlapping tiles."""
+    from .vae_tiling import decode
+
     if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or samples.shape[1] != vae.latent_channels:
         shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
         raise NodeInputError(node, "samples", shape, f"expected latents [B, {vae.latent_channels}, h, w]")
-    model = vae.vae
-    dtype = next(model.parameters()).dtype
-    images = []
-    for i in range(samples.shape[0]):  # one at a time: decode memory grows fast with size
-        z = samples[i:i + 1].to(model.device, dtype)
-        images.append(model.decode(z, return_dict=False)[0].float().cpu())
-    x = torch.cat(images)
+    x = decode(vae.vae, samples, tiles)
     return torch.clamp((x + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1)
 
 

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from ..io.errors import NodeInputError
+from .sampler_names import RNG_SOURCES
 
 NODE = "LoraLabA1111Noise"
-RNG_SOURCES = ("CPU", "NV")
 
 _PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 _PHILOX_W = (0x9E3779B9, 0xBB67AE85)

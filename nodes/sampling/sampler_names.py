@@ -14,3 +14,13 @@ SAMPLER_NAMES: tuple[str, ...] = (
 
 # Samplers that read the uncond prediction of every model call (guidance.GuidedDenoiser.with_uncond).
 CFG_PP_SAMPLER_NAMES: tuple[str, ...] = tuple(n for n in SAMPLER_NAMES if n.endswith("_cfg_pp"))
+
+# ComfyUI's SCHEDULER_NAMES order; schedules.py maps each to its function (and checks the two agree).
+# Here, torch-free, so listing node inputs and validating a graph do not import torch.
+SCHEDULER_NAMES: tuple[str, ...] = (
+    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic",
+    "kl_optimal",
+)  # fmt: skip
+
+# A1111 Noise's RNG sources (noise_a1111.py draws them), torch-free for the node's inputs.
+RNG_SOURCES: tuple[str, ...] = ("CPU", "NV")

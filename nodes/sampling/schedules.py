@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..io.errors import LoraLabError
-from .sampler_names import SAMPLER_NAMES
+from .sampler_names import SAMPLER_NAMES, SCHEDULER_NAMES
 
 __all__ = [
     "DISCARD_PENULTIMATE_SIGMA_SAMPLERS",
@@ -324,7 +324,8 @@ _SCHEDULERS: dict[str, tuple[Callable[..., torch.Tensor], bool]] = {
     "linear_quadratic": (_linear_quadratic, True),
     "kl_optimal": (_kl_optimal, False),
 }
-SCHEDULER_NAMES: tuple[str, ...] = tuple(_SCHEDULERS)
+if tuple(_SCHEDULERS) != SCHEDULER_NAMES:  # the torch-free list in sampler_names must name these, in order
+    raise AssertionError(f"sampler_names.SCHEDULER_NAMES {SCHEDULER_NAMES} != {tuple(_SCHEDULERS)}")
 
 
 def scheduler_sigmas(schedule: DiscreteSchedule, scheduler_name: str, steps: int) -> torch.Tensor:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ..io.checks import check_strength
 from ..io.errors import NodeInputError
+
+# torch (also behind io.checks) is imported where it is used: listing the node's inputs stays torch-free.
+if TYPE_CHECKING:
+    import torch
 
 NODE = "LoraLabStrengthSweep"
 AXIS2_CHOICES = ("none", "lora strengths", "seeds")
@@ -87,6 +90,8 @@ class SweepPlan:
 
 def _strengths(text: str, input_name: str) -> tuple:
     """parse_values, each value within the one strength range (io.checks)."""
+    from ..io.checks import check_strength
+
     values = parse_values(text, float, input_name)
     for v in values:
         check_strength(v, NODE, input_name, shown=text)
@@ -223,5 +228,7 @@ def contact_sheet(rows: list[list[torch.Tensor]], col_labels: list[str], row_lab
             draw.text((lay.pad, y0 + (lay.image_h - lay.line) // 2), row_labels[r], fill=fg, font=font)
         for c, image in enumerate(images):
             sheet.paste(to_pil(image), lay.image_box(r, c)[:2])
+    import torch
+
     arr = np.asarray(sheet, dtype=np.float32) / 255.0  # (H', W', 3)
     return torch.from_numpy(arr.copy())[None]

@@ -32,8 +32,7 @@ class SampleSettings:
     a1111_noise: object = None  # noise_a1111.A1111Noise: A1111's noise instead of ComfyUI's
 
     def __post_init__(self):
-        from .samplers import SAMPLER_NAMES
-        from .schedules import SCHEDULER_NAMES
+        from .sampler_names import SAMPLER_NAMES, SCHEDULER_NAMES
 
         if self.sampler_name not in SAMPLER_NAMES:
             raise NodeInputError(NODE, "sampler_name", self.sampler_name, f"unknown sampler; one of {SAMPLER_NAMES}")

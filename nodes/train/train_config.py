@@ -6,6 +6,7 @@ The field names are the Train LoRA node's input names and the `lora-lab train` o
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
 
@@ -179,3 +180,13 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     if cfg.lr_scheduler == "linear":
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def available_optimizers() -> list[str]:
+    """The optimizers installed here (torch-free: the Train node lists them without importing torch)."""
+    out = ["adamw"]
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        out.append("adamw8bit")
+    if importlib.util.find_spec("prodigyopt") is not None:
+        out.append("prodigy")
+    return out

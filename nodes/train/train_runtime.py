@@ -164,15 +164,6 @@ def make_optimizer(name: str, groups: list[dict], weight_decay: float):
     raise NodeInputError(NODE, "optimizer", name, "unknown optimizer")
 
 
-def available_optimizers() -> list[str]:
-    out = ["adamw"]
-    if importlib.util.find_spec("bitsandbytes") is not None:
-        out.append("adamw8bit")
-    if importlib.util.find_spec("prodigyopt") is not None:
-        out.append("prodigy")
-    return out
-
-
 # --------------------------------------------------------------------------------- states
 def save_state(folder: Path, network, optimizer, step: int, losses: list, cfg) -> Path:
     """Write the state folder atomically: a temp folder beside it, then renamed over it."""
