@@ -139,11 +139,14 @@ def _pixels(path):
 
 
 def test_checkpoint_is_what_comfyui_detects(runs):
-    """The file ComfyUI (or we) wrote: fp16, and ComfyUI's model detection reads SD 1.5's UNet
-    config off it (the one the ComfyUI writer built)."""
+    """The file ComfyUI (or we) wrote: fp16 weights, and ComfyUI's model detection reads SD 1.5's
+    UNet config off it (the one the ComfyUI writer built). Our writer also keeps CLIP's int64
+    position_ids (as SD 1.5's own release does); ComfyUI's drops them."""
     detection, supported = sys.modules["comfy.model_detection"], sys.modules["comfy.supported_models"]
     sd = runs["header"]
-    assert {t.dtype for t in sd.values()} == {torch.float16}
+    assert {t.dtype for t in sd.values() if t.dtype.is_floating_point} == {torch.float16}
+    assert {k for k, t in sd.items() if not t.dtype.is_floating_point} <= {
+        "cond_stage_model.transformer.text_model.embeddings.position_ids"}
     unet = detection.detect_unet_config(sd, "model.diffusion_model.")
     assert {k: v for k, v in unet.items() if k != "dtype"} == cs.SD15_UNET
     assert type(detection.model_config_from_unet_config(unet, sd)) is supported.SD15
