@@ -13,9 +13,11 @@ Per-step time is (t(long) - t(short)) / (long - short) steps, so prompt encoding
 and set-up cancel out (medians of --repeats, after one warm-up).
 
 Each side runs in its own fresh process (this script with --side NAME), so peaks don't mix:
-"RSS loaded" is the process's RSS right after imports + model load, "peak" its peak RSS
-(VmHWM, reset after load through /proc/self/clear_refs, i.e. the peak while sampling), "+"
-the increment of that peak over the loaded RSS; on CUDA also torch.cuda.max_memory_allocated.
+"RSS loaded" is the process's RSS right after imports + model load, "load peak" its peak RSS
+(VmHWM) up to then, "peak" its peak RSS while sampling (VmHWM, reset after load through
+/proc/self/clear_refs), "+" the increment of that peak over the loaded RSS; on CUDA also
+torch.cuda.max_memory_allocated and its increment. (Not getrusage's ru_maxrss: Linux carries
+it over an exec from the forked parent.)
 Sides run one after the other (not interleaved): the load average is printed before and after.
 
 The model is the demo checkpoint (the SD 1.5 block layout at tiny widths) unless --checkpoint

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import os
-import resource
 import sys
 
 
@@ -34,7 +33,9 @@ class Memory:
         import torch
 
         self.loaded_rss = _status_kb("VmRSS") * 1024
-        self.load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+        # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over an exec from the forked
+        # parent (measured: every side reported the parent's 6.9 GB from writing the checkpoint)
+        self.load_peak = _status_kb("VmHWM") * 1024
         try:  # "5": reset the peak RSS to the current RSS (Linux >= 4.0)
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
