@@ -28,7 +28,7 @@ not know the demo's tiny widths.
 
 Run:  python bench/sample.py [--repeats 3] [--short 1] [--long 3] [--size 256] [--batch 1]
                              [--checkpoint PATH] [--device cpu|cuda]
-      COMFYUI_DIR=/work/comfy /work/comfy/.venv/bin/python bench/sample.py --size 64
+      COMFYUI_DIR=/work/comfy /work/comfy/.venv/bin/python bench/sample.py   (--size 64 by default)
 Goal: ours / diffusers <= 1.0 (and ours / comfyui).
 """
 from __future__ import annotations
@@ -185,7 +185,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--short", type=int, default=1)
     ap.add_argument("--long", type=int, default=3)
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--size", type=int, default=None,
+                    help="pixels (default 256; 64 on the full-size model written for the ComfyUI row)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--cfg", type=float, default=7.0)
     ap.add_argument("--checkpoint", default=None)
@@ -209,6 +210,8 @@ def main(argv=None):
     why = comfy_importable(os.environ.get("COMFYUI_DIR"))
     if why is not None and os.environ.get("COMFYUI_DIR"):
         log.warning("no ComfyUI row: %s", why)
+    if a.size is None:
+        a.size = 64 if why is None and a.checkpoint is None else 256
     path = _checkpoint(a, why is None)
     loads = [os.getloadavg()[0]]
     sides = SIDES if why is None else SIDES[:3]
