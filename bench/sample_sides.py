@@ -91,10 +91,18 @@ def comfy_importable(root: str | None) -> str | None:
         return "COMFYUI_DIR is not set"
     if not os.path.isfile(os.path.join(root, "nodes.py")):
         return f"COMFYUI_DIR={root} is not a ComfyUI checkout (no nodes.py)"
-    import importlib.util
+    import subprocess
 
-    if importlib.util.find_spec("torchsde") is None or importlib.util.find_spec("aiohttp") is None:
-        return f"ComfyUI's requirements are not installed in {sys.executable}"
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import comfy.cli_args as c; c.args.cpu = True; "
+             "import comfy.sd, comfy.sample, nodes")  # in a child: a failed import leaves nothing behind here
+    try:
+        r = subprocess.run([sys.executable, "-c", probe, root], capture_output=True, text=True, timeout=300,
+                           check=False)
+    except subprocess.TimeoutExpired:
+        return f"importing ComfyUI from {root} in {sys.executable} took over 300 s"
+    if r.returncode:
+        last = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        return f"ComfyUI at {root} does not import in {sys.executable}: {last}"
     return None
 
 
