@@ -148,7 +148,7 @@ def _checkpoint(a, with_comfy: bool) -> str:
         return str(path)
     from lora_lab.nodes.demo.demo import ensure_demo_checkpoint
 
-    return str(ensure_demo_checkpoint(tempfile.mkdtemp(prefix="lora-lab-bench-")))
+    return str(ensure_demo_checkpoint(Path(a.full_size_cache).parent))  # copied once, checksum checked
 
 
 def _mb(n) -> str:
@@ -193,7 +193,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--full-size-cache", default=os.path.join(tempfile.gettempdir(), "lora-lab-bench",
                                                               "sd15-random-fp16.safetensors"),
-                    help="where the full-size random SD 1.5 for the ComfyUI row is written once and reused")
+                    help="where the full-size random SD 1.5 for the ComfyUI row is written once and reused "
+                         "(the demo checkpoint is copied beside it)")
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: one side in this process
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
