@@ -53,30 +53,6 @@ def _push(history: list, d: torch.Tensor, keep: int) -> None:
         history.pop(0)
 
 
-def sample_ipndm(denoiser, x, sigmas, seed, callback, max_order: int = 4):
-    s_in = x.new_ones([x.shape[0]])
-    ds: list = []  # earlier slopes, oldest first
-    for i in sampling_steps(sigmas):
-        t_cur, t_next = sigmas[i], sigmas[i + 1]
-        denoised = denoiser(x, t_cur * s_in)
-        report_step(callback, i, x, denoised)
-        d = (x - denoised) / t_cur
-        order = min(max_order, i + 1)
-        if t_next == 0:
-            x_next = denoised
-        elif order == 1:
-            x_next = x + (t_next - t_cur) * d
-        elif order == 2:
-            x_next = x + (t_next - t_cur) * (3 * d - ds[-1]) / 2
-        elif order == 3:
-            x_next = x + (t_next - t_cur) * (23 * d - 16 * ds[-1] + 5 * ds[-2]) / 12
-        else:
-            x_next = x + (t_next - t_cur) * (55 * d - 59 * ds[-1] + 37 * ds[-2] - 9 * ds[-3]) / 24
-        _push(ds, d, max_order - 1)
-        x = x_next
-    return x
-
-
 def _ipndm_v_coeffs(sig: torch.Tensor, i: int, order: int) -> tuple:
     """Variable-step Adams-Bashforth weights of the slopes at steps i, i-1, ... (newest first)."""
     h = sig[i + 1] - sig[i]
@@ -100,9 +76,28 @@ def _ipndm_v_coeffs(sig: torch.Tensor, i: int, order: int) -> tuple:
     return (c1, c2, c3, c4)
 
 
-def sample_ipndm_v(denoiser, x, sigmas, seed, callback, max_order: int = 4):
+def _ipndm_fixed_step(h, sigmas, i: int, order: int, d, ds):
+    """iPNDM's fixed-step Adams-Bashforth step of order 2..4, h * (...) / n in ComfyUI's order."""
+    if order == 2:
+        return h * (3 * d - ds[-1]) / 2
+    if order == 3:
+        return h * (23 * d - 16 * ds[-1] + 5 * ds[-2]) / 12
+    return h * (55 * d - 59 * ds[-1] + 37 * ds[-2] - 9 * ds[-3]) / 24
+
+
+def _ipndm_variable_step(h, sigmas, i: int, order: int, d, ds):
+    """iPNDM-v's variable-step step of order 2..4 (weights from _ipndm_v_coeffs)."""
+    c = _ipndm_v_coeffs(sigmas, i, order)
+    slope = c[0] * d
+    for k in range(1, order):
+        slope = slope + c[k] * ds[-k]
+    return h * slope
+
+
+def _ipndm_loop(denoiser, x, sigmas, callback, max_order: int, step_of):
+    """The iPNDM step loop: Euler at order 1, `step_of(h, sigmas, i, order, d, ds)` above it."""
     s_in = x.new_ones([x.shape[0]])
-    ds: list = []
+    ds: list = []  # earlier slopes, oldest first
     for i in sampling_steps(sigmas):
         t_cur, t_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, t_cur * s_in)
@@ -114,14 +109,18 @@ def sample_ipndm_v(denoiser, x, sigmas, seed, callback, max_order: int = 4):
         elif order == 1:
             x_next = x + (t_next - t_cur) * d
         else:
-            c = _ipndm_v_coeffs(sigmas, i, order)
-            slope = c[0] * d
-            for k in range(1, order):
-                slope = slope + c[k] * ds[-k]
-            x_next = x + (t_next - t_cur) * slope
+            x_next = x + step_of(t_next - t_cur, sigmas, i, order, d, ds)
         _push(ds, d, max_order - 1)
         x = x_next
     return x
+
+
+def sample_ipndm(denoiser, x, sigmas, seed, callback, max_order: int = 4):
+    return _ipndm_loop(denoiser, x, sigmas, callback, max_order, _ipndm_fixed_step)
+
+
+def sample_ipndm_v(denoiser, x, sigmas, seed, callback, max_order: int = 4):
+    return _ipndm_loop(denoiser, x, sigmas, callback, max_order, _ipndm_variable_step)
 
 
 # -- DEIS -------------------------------------------------------------------------------------------
