@@ -7,33 +7,19 @@ import in this interpreter, e.g.
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
+from comfy_env import comfy_modules_or_skip
 from lora_lab.nodes.defs import core_extra as cx
 from lora_lab.nodes.sampling.schedules import scheduler_sigmas
 
 
 @pytest.fixture(scope="module")
 def comfy():
-    root = os.environ.get("COMFYUI_DIR")
-    if not root:
-        pytest.skip("COMFYUI_DIR is not set (point it at a ComfyUI checkout to run the parity tests)")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        if "comfy.model_management" not in sys.modules:
-            importlib.import_module("comfy.cli_args").args.cpu = True
-        mods = {"nodes": importlib.import_module("nodes"),
-                "advanced": importlib.import_module("comfy_extras.nodes_model_advanced"),
-                "samplers": importlib.import_module("comfy.samplers")}
-    except (ImportError, RuntimeError, OSError, AttributeError) as e:
-        pytest.skip(f"ComfyUI at {root!r} does not import in this interpreter: {e!r}")
-    return SimpleNamespace(**mods)
+    nodes, advanced, samplers = comfy_modules_or_skip("nodes", "comfy_extras.nodes_model_advanced", "comfy.samplers")
+    return SimpleNamespace(nodes=nodes, advanced=advanced, samplers=samplers)
 
 
 @pytest.mark.parametrize("x,y,feather", [(0, 0, 0), (16, 8, 0), (40, 24, 0), (16, 8, 16), (0, 16, 24), (8, 8, 8),

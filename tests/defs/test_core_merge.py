@@ -4,11 +4,10 @@ nodes give each key and its calculate_weight arithmetic."""
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 
 import pytest
 import torch
+from comfy_env import comfy_modules_or_skip
 from conftest import make_handle
 from lora_factory import kohya
 from lora_lab.nodes.defs import core_loaders as cload
@@ -142,17 +141,7 @@ def test_blend_keeps_the_dtype():
 # -- against ComfyUI's own nodes (COMFYUI_DIR) --------------------------------------------------------
 @pytest.fixture(scope="module")
 def comfy_merging():
-    root = os.environ.get("COMFYUI_DIR")
-    if not root:
-        pytest.skip("COMFYUI_DIR is not set (point it at a ComfyUI checkout to run the parity tests)")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        if "comfy.model_management" not in sys.modules:
-            importlib.import_module("comfy.cli_args").args.cpu = True
-        return (importlib.import_module("comfy_extras.nodes_model_merging"), importlib.import_module("comfy.lora"))
-    except (ImportError, RuntimeError, OSError, AttributeError) as e:
-        pytest.skip(f"ComfyUI at {root!r} does not import in this interpreter: {e!r}")
+    return tuple(comfy_modules_or_skip("comfy_extras.nodes_model_merging", "comfy.lora"))
 
 
 class _Recorder:
