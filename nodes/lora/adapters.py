@@ -164,26 +164,47 @@ def plain_lora_chain(w0: torch.Tensor, loras, out: torch.Tensor | None = None) -
     An fp32 weight is one addmm into `out`. An fp16/bf16 weight goes row block by row block: a
     block of w0 is widened into a small fp32 scratch, the product's rows are added there and the
     block is narrowed into `out`: no full-size fp32 temporaries, and the result equals the
-    whole-tensor computation (w0.float() + ΔW).to(dtype).
+    whole-tensor computation (w0.float() + ΔW).to(dtype). chain_threads.py runs the blocks of
+    many weights on worker threads; it shares chain_setup / chain_block, so the bits are these.
     """
+    res, job = chain_setup(w0, loras, out)
+    if job is not None:
+        w2 = job[0]
+        step = chain_rows(w2)
+        scratch = torch.empty(step * w2.shape[1], dtype=torch.float32, device=w0.device)
+        for i in range(0, w2.shape[0], step):
+            chain_block(job, i, min(w2.shape[0], i + step), scratch)
+    return res
+
+
+def chain_setup(w0: torch.Tensor, loras, out: torch.Tensor | None):
+    """(result tensor, block job or None). fp32: the result is computed here (one addmm) and the
+    job is None; fp16/bf16: the job (w0 [n, cols], result [n, cols], up, down, alpha) is left for
+    chain_block to run block by block."""
     res = w0.new_empty(w0.shape) if out is None else out  # contiguous, whatever w0's strides
     w2 = w0.reshape(w0.shape[0], -1)
     r2 = res.view(w2.shape)
     up, down, alpha = stacked_factors(loras, w2.shape[0])
     if w0.dtype == torch.float32:
         torch.addmm(w2, up, down, alpha=alpha, out=r2)
-        return res
+        return res, None
+    return res, (w2, r2, up, down, alpha)
+
+
+def chain_rows(w2: torch.Tensor) -> int:
+    """Rows per block for a [n, cols] weight: the fp32 scratch stays within CHAIN_BLOCK_BYTES."""
     n, cols = w2.shape
-    block = CHAIN_BLOCK_BYTES.get(w0.device.type, CHAIN_BLOCK_BYTES_OTHER)
-    step = max(1, min(n, block // (4 * cols)))
-    scratch = torch.empty(step * cols, dtype=torch.float32, device=w0.device)
-    for i in range(0, n, step):
-        j = min(n, i + step)
-        acc = scratch[: (j - i) * cols].view(j - i, cols)
-        acc.copy_(w2[i:j])
-        acc.addmm_(up[i:j], down, alpha=alpha)
-        r2[i:j].copy_(acc)
-    return res
+    block = CHAIN_BLOCK_BYTES.get(w2.device.type, CHAIN_BLOCK_BYTES_OTHER)
+    return max(1, min(n, block // (4 * cols)))
+
+
+def chain_block(job, i: int, j: int, scratch: torch.Tensor) -> None:
+    """Rows i:j of a block job: widen into scratch, add the low-rank product, narrow into the result."""
+    w2, r2, up, down, alpha = job
+    acc = scratch[: (j - i) * w2.shape[1]].view(j - i, w2.shape[1])
+    acc.copy_(w2[i:j])
+    acc.addmm_(up[i:j], down, alpha=alpha)
+    r2[i:j].copy_(acc)
 
 
 def stacked_factors(loras, rows: int) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -27,6 +27,7 @@ from .adapters import (
     patched_weight,
     plain_lora_chain,
 )
+from .chain_threads import plain_lora_chains
 from .lora_formats import Matched, RawLora, match
 from .lora_keys import LAYER_TYPES, KeyIndex, Target, canonical_te_name
 
@@ -149,6 +150,7 @@ def activate(handle) -> int:
     st = state_for(handle)
     want = plan(handle)
     changed = 0
+    todo = []  # (key, param, new, entries, out): computed together below
     for key in list(st.applied.keys() | want.keys()):
         new = want.get(key)
         if _same(st.applied.get(key), new):
@@ -166,9 +168,18 @@ def activate(handle) -> int:
                 st.originals[key] = param.data
                 out = st.spare.pop(key, None)
             entries = tuple((st.on_device(a, param.device), s, rows) for a, s, rows in new)
-            param.data = _compute(st.originals[key], entries, pname, out=out)
-            st.applied[key] = new
+            todo.append((key, param, new, entries, out))
         changed += 1
+    try:
+        values = _compute_all([(st.originals[key], entries, key[2], out) for key, _, _, entries, out in todo])
+    except BaseException:
+        for key, param, _, _, _ in todo:  # nothing half-applied: these go back to the originals
+            param.data = st.originals.pop(key)
+            st.applied.pop(key, None)
+        raise
+    for (key, param, new, _, _), value in zip(todo, values):
+        param.data = value
+        st.applied[key] = new
     if st._on_device:
         st.keep_on_device({id(a) for entries in want.values() for a, _, _ in entries})
     return changed
@@ -188,7 +199,23 @@ def patched_value(original: torch.Tensor, entries: tuple, pname: str) -> torch.T
     """The patched value of one parameter (original + each (adapter, strength, rows) of the stack),
     as the patcher computes it: merge and the LoRA tools call this, so their results are bitwise
     the patched model's."""
-    return _compute(original, entries, pname, None)
+    return _compute_all([(original, entries, pname, None)])[0]
+
+
+def _is_chain(entries: tuple, pname: str) -> bool:
+    return pname != "bias" and all(rows is None and is_plain_lora(a) for a, s, rows in entries)
+
+
+def _compute_all(items: list) -> list:
+    """[_compute(*item) for item in items]; the plain-LoRA chains (the common case) go to
+    plain_lora_chains together, so fp16/bf16 CPU weights share its worker threads."""
+    chains = [k for k, (_, entries, pname, _) in enumerate(items) if _is_chain(entries, pname)]
+    in_chain = set(chains)
+    values = [None if k in in_chain else _compute(*item) for k, item in enumerate(items)]
+    done = plain_lora_chains([(items[k][0], [(a, s) for a, s, _ in items[k][1]], items[k][3]) for k in chains])
+    for k, v in zip(chains, done):
+        values[k] = v
+    return values
 
 
 def _compute(original: torch.Tensor, entries: tuple, pname: str, out: torch.Tensor | None) -> torch.Tensor:
@@ -197,7 +224,7 @@ def _compute(original: torch.Tensor, entries: tuple, pname: str, out: torch.Tens
         acc = original.float()
         for a, s, rows in entries:
             acc = patched_bias(acc, a, s)
-    elif all(rows is None and is_plain_lora(a) for a, s, rows in entries):
+    elif _is_chain(entries, pname):
         # the common case: one row-blocked pass, fp32 math, written in the model's dtype
         return plain_lora_chain(original, [(a, s) for a, s, _ in entries], out=out)
     else:

@@ -502,15 +502,15 @@ def test_one_pass_stack_equals_sequential(dtype):
     layers = dict(unet_layers(h, suffixes))
     w0 = {n: m.weight.clone() for n, m in layers.items()}
     calls = []
-    real_chain = adapters.plain_lora_chain
+    real_chains = patcher.plain_lora_chains
 
-    def spy(w, loras, out=None):
-        calls.append(len(loras))
-        return real_chain(w, loras, out=out)
+    def spy(tasks):
+        calls.extend(len(loras) for _, loras, _ in tasks)
+        return real_chains(tasks)
 
     p = h.with_patches(patches)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(patcher, "plain_lora_chain", spy)
+        mp.setattr(patcher, "plain_lora_chains", spy)
         patcher.activate(p)
     assert calls and set(calls) == {4}  # every layer: the whole stack in one call
     conv = 0
