@@ -24,8 +24,10 @@ def run_ksampler(node, model, seed, steps, cfg, sampler_name, scheduler, positiv
     from ..io.progress import Progress
     from ..sampling.comfy_ksampler import KSamplerSettings, ksampler
 
+    from .lean_memory import sliced
+
     s = KSamplerSettings(int(seed), int(steps), float(cfg), sampler_name, scheduler, node=node, **kw)
-    with Progress(s.steps, desc=node) as bar:
+    with sliced(getattr(model, "unet", None)), Progress(s.steps, desc=node) as bar:  # LORA_LAB_ATTENTION_SLICE
         return ksampler(model, s, positive, negative, latent, callback=lambda *a: bar.update(1))
 
 
@@ -116,8 +118,10 @@ class VAEDecode:
 
     def decode(self, vae, samples):
         from ..sampling.latent_ops import vae_decode
+        from .lean_memory import lean_vae
 
-        return (vae_decode(vae, samples["samples"]),)
+        with lean_vae(vae, "VAEDecode") as tiles:  # LORA_LAB_VAE_TILE / LORA_LAB_ATTENTION_SLICE
+            return (vae_decode(vae, samples["samples"], "VAEDecode", tiles and tiles[0]),)
 
 
 class VAEEncode:
@@ -131,8 +135,10 @@ class VAEEncode:
 
     def encode(self, vae, pixels):
         from ..sampling.latent_ops import vae_encode
+        from .lean_memory import lean_vae
 
-        return ({"samples": vae_encode(vae, pixels)},)
+        with lean_vae(vae, "VAEEncode") as tiles:
+            return ({"samples": vae_encode(vae, pixels, "VAEEncode", tiles and tiles[1])},)
 
 
 def _temporal_inputs(what: str) -> dict:
@@ -161,8 +167,11 @@ class VAEDecodeTiled:
         from ..sampling.latent_ops import vae_decode
         from ..sampling.vae_tiling import from_node
 
+        from .lean_memory import sliced
+
         tiles = from_node(tile_size, overlap, vae.downscale_ratio, "VAEDecodeTiled")
-        return (vae_decode(vae, samples["samples"], "VAEDecodeTiled", tiles),)
+        with sliced(vae.vae):
+            return (vae_decode(vae, samples["samples"], "VAEDecodeTiled", tiles),)
 
 
 class VAEEncodeTiled:
@@ -183,8 +192,11 @@ class VAEEncodeTiled:
         from ..sampling.latent_ops import vae_encode
         from ..sampling.vae_tiling import from_node
 
+        from .lean_memory import sliced
+
         tiles = from_node(tile_size, overlap, 1, "VAEEncodeTiled")
-        return ({"samples": vae_encode(vae, pixels, "VAEEncodeTiled", tiles)},)
+        with sliced(vae.vae):
+            return ({"samples": vae_encode(vae, pixels, "VAEEncodeTiled", tiles)},)
 
 
 class VAEEncodeForInpaint:
@@ -199,8 +211,10 @@ class VAEEncodeForInpaint:
 
     def encode(self, vae, pixels, mask, grow_mask_by=6):
         from ..sampling.latent_ops import encode_for_inpaint
+        from .lean_memory import lean_vae
 
-        return (encode_for_inpaint(vae, pixels, mask, int(grow_mask_by)),)
+        with lean_vae(vae, "VAEEncodeForInpaint") as tiles:
+            return (encode_for_inpaint(vae, pixels, mask, int(grow_mask_by), tiles and tiles[1]),)
 
 
 class SetLatentNoiseMask:

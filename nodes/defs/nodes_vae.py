@@ -15,44 +15,16 @@ def _vae_of(model, vae):
     return vae if vae is not None else VaeHandle(model.vae, model.source)
 
 
-ENV_VAE_TILE = "LORA_LAB_VAE_TILE"  # pixels; 0 or unset: whole images
-ENV_ATTENTION_SLICE = "LORA_LAB_ATTENTION_SLICE"  # queries per attention chunk; 0 or unset: all at once
-
-
-def _env_int(var: str) -> int:
-    import os
-
-    from ..io.errors import LoraLabError
-
-    raw = os.environ.get(var, "").strip()
-    if not raw:
-        return 0
-    if not raw.isdigit():
-        raise LoraLabError(f"{var}={raw!r}: expected 0 (off) or a positive whole number")
-    return int(raw)
-
-
 @contextlib.contextmanager
 def lean_memory(model, vae):
-    """Sample's memory options, process-wide settings as ComfyUI's --use-split-cross-attention is
-    (no new widgets, so saved graphs keep their widget positions): LORA_LAB_ATTENTION_SLICE=N runs
-    attention over N queries at a time in the UNet and the VAE for the block (their processors
-    restored after); LORA_LAB_VAE_TILE=P encodes / decodes in P-pixel tiles with 64 px overlap, as
-    VAE Decode (Tiled). Yields (decode tiles, encode tiles), or None for whole images."""
-    from ..sampling.attention import sliced_attention
-    from ..sampling.vae_tiling import from_node
+    """Sample's memory options (lean_memory.py): LORA_LAB_ATTENTION_SLICE slices attention in the
+    UNet and the VAE for the block; LORA_LAB_VAE_TILE tiles its encode / decode. Yields (decode
+    tiles, encode tiles), or None for whole images."""
+    from .lean_memory import sliced, vae_tiles
 
-    node = "LoraLabSampler"
-    tile_px, chunk = _env_int(ENV_VAE_TILE), _env_int(ENV_ATTENTION_SLICE)
     v = _vae_of(model, vae)
-    tiles = None
-    if tile_px:
-        if tile_px < 64:
-            from ..io.errors import LoraLabError
-
-            raise LoraLabError(f"{ENV_VAE_TILE}={tile_px}: tiles are at least 64 pixels (0: whole images)")
-        tiles = (from_node(tile_px, 64, v.downscale_ratio, node), from_node(tile_px, 64, 1, node))
-    with sliced_attention(model.unet, chunk), sliced_attention(v.vae, chunk):
+    tiles = vae_tiles(v, "LoraLabSampler")
+    with sliced(model.unet, v.vae):
         yield tiles
 
 
@@ -118,8 +90,11 @@ class LoraLabVAEEncode:
 
     def encode(self, image, model, vae=None):
         from ..sampling.latent_ops import vae_encode
+        from .lean_memory import lean_vae
 
-        return ({"samples": vae_encode(_vae_of(model, vae), image, "LoraLabVAEEncode")},)
+        v = _vae_of(model, vae)
+        with lean_vae(v, "LoraLabVAEEncode") as tiles:
+            return ({"samples": vae_encode(v, image, "LoraLabVAEEncode", tiles and tiles[1])},)
 
 
 class LoraLabVAEDecode:
@@ -136,8 +111,11 @@ class LoraLabVAEDecode:
 
     def decode(self, latent, model, vae=None):
         from ..sampling.latent_ops import vae_decode
+        from .lean_memory import lean_vae
 
-        return (vae_decode(_vae_of(model, vae), latent["samples"], "LoraLabVAEDecode"),)
+        v = _vae_of(model, vae)
+        with lean_vae(v, "LoraLabVAEDecode") as tiles:
+            return (vae_decode(v, latent["samples"], "LoraLabVAEDecode", tiles and tiles[0]),)
 
 
 NODE_CLASS_MAPPINGS = {"LoraLabVAELoader": LoraLabVAELoader, "LoraLabVAEEncode": LoraLabVAEEncode,

@@ -59,8 +59,9 @@ def vae_decode(vae, samples: torch.Tensor, node: str = "VAEDecode", tiles=None) 
     return torch.clamp((x + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1)
 
 
-def encode_for_inpaint(vae, pixels: torch.Tensor, mask: torch.Tensor, grow_mask_by: int = 6) -> dict:
-    """VAEEncodeForInpaint: masked pixels set to grey, encoded; noise_mask = the mask grown and rounded."""
+def encode_for_inpaint(vae, pixels: torch.Tensor, mask: torch.Tensor, grow_mask_by: int = 6, tiles=None) -> dict:
+    """VAEEncodeForInpaint: masked pixels set to grey, encoded (in `tiles` when given, as vae_encode);
+    noise_mask = the mask grown and rounded."""
     node = "VAEEncodeForInpaint"
     _check_image(node, "pixels", pixels)
     r = vae.downscale_ratio
@@ -83,7 +84,7 @@ def encode_for_inpaint(vae, pixels: torch.Tensor, mask: torch.Tensor, grow_mask_
         px[:, :, :, c] -= 0.5
         px[:, :, :, c] *= keep
         px[:, :, :, c] += 0.5
-    return {"samples": vae_encode(vae, px, node), "noise_mask": grown[:, :, :h, :w].round()}
+    return {"samples": vae_encode(vae, px, node, tiles), "noise_mask": grown[:, :, :h, :w].round()}
 
 
 def _lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:

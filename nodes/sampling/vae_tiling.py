@@ -16,12 +16,15 @@ always do.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..io.errors import NodeInputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,30 +114,51 @@ def three_passes(x: torch.Tensor, fn, tiles: Tiles, scale: float, out_channels: 
     return total / 3.0
 
 
+# What ComfyUI's VAE falls back to when a whole-image pass runs out of GPU memory
+# (comfy/sd.py VAE.decode_tiled_ / encode_tiled_ defaults): 64-cell (512 px) tiles, 16 cells
+# overlap for decode; 512 px tiles, 64 px overlap for encode.
+OOM_DECODE_TILES = Tiles(64, 64, 16, "VAEDecode")
+OOM_ENCODE_TILES = Tiles(512, 512, 64, "VAEEncode")
+
+
+def _one_image(xi, fn, tiles, fallback, scale, channels, what):
+    if tiles is not None:
+        return three_passes(xi, fn, tiles, scale, channels)
+    try:
+        return fn(xi)
+    except torch.OutOfMemoryError:
+        pass  # retried below, once the failed pass's tensors are freed with the exception
+    from ..io import notices
+
+    notices.warn(log, f"ran out of memory {what} a {tuple(xi.shape[-2:])} image whole; retrying in tiles "
+                      f"({fallback.height} x {fallback.width}, overlap {fallback.overlap}), as ComfyUI does")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return three_passes(xi, fn, fallback, scale, channels)
+
+
 def decode(model, z: torch.Tensor, tiles: Tiles | None = None) -> torch.Tensor:
     """Raw latents [B, C, h, w] -> the VAE's output [B, 3, 8h, 8w] float32 on the CPU (before
-    clamping), one image at a time, each tiled when `tiles` is given."""
+    clamping), one image at a time, each tiled when `tiles` is given (or when the whole image
+    runs out of GPU memory: OOM_DECODE_TILES)."""
     dtype = next(model.parameters()).dtype
 
     def fn(t):
         return model.decode(t.to(model.device, dtype), return_dict=False)[0].float().cpu()
 
-    out = []
-    for i in range(z.shape[0]):
-        zi = z[i:i + 1]
-        out.append(fn(zi) if tiles is None else three_passes(zi, fn, tiles, 8, model.config.out_channels))
-    return torch.cat(out)
+    ch = model.config.out_channels
+    return torch.cat([_one_image(z[i:i + 1], fn, tiles, OOM_DECODE_TILES, 8, ch, "decoding")
+                      for i in range(z.shape[0])])
 
 
 def encode(model, x: torch.Tensor, tiles: Tiles | None = None) -> torch.Tensor:
-    """Pixels in -1..1 [B, 3, H, W] -> the posterior's mode [B, C, H/8, W/8] float32 on the CPU."""
+    """Pixels in -1..1 [B, 3, H, W] -> the posterior's mode [B, C, H/8, W/8] float32 on the CPU
+    (tiled as decode is; OOM_ENCODE_TILES after an out-of-memory error)."""
     dtype = next(model.parameters()).dtype
 
     def fn(t):
         return model.encode(t.to(model.device, dtype)).latent_dist.mode().float().cpu()
 
-    out = []
-    for i in range(x.shape[0]):
-        xi = x[i:i + 1]
-        out.append(fn(xi) if tiles is None else three_passes(xi, fn, tiles, 1 / 8, model.config.latent_channels))
-    return torch.cat(out)
+    ch = model.config.latent_channels
+    return torch.cat([_one_image(x[i:i + 1], fn, tiles, OOM_ENCODE_TILES, 1 / 8, ch, "encoding")
+                      for i in range(x.shape[0])])
