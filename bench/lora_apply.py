@@ -21,7 +21,9 @@ the floor halves while the compute does not); --device cuda runs everything on t
 Columns: "compute floor" is ΔW = up @ down (2·rank FLOPs per weight) at the measured fp32
 matmul rate. "apply / (memory + compute)" compares with doing the two one after the other,
 which is what torch's CPU kernels (MKL's addmm) amount to: they do not overlap the rank-r
-product with the memory traffic.
+product with the memory traffic. "ours apply, no worker threads" is the same apply with the
+fp16/bf16 row blocks run on the calling thread (nodes/lora/chain_threads.py off), interleaved
+with the other repeats: what the worker threads gain (fp32 takes the same path either way).
 """
 from __future__ import annotations
 
@@ -137,14 +139,28 @@ def bench_ours(unet, files, repeats):
     patcher.activate(b)
     patcher.restore(base)
     st = patcher.state_for(base)
-    apply_t, switch_t, restore_t, extra = [], [], [], 0
+    apply_t, apply_1, switch_t, restore_t, extra = [], [], [], [], 0
     for _ in range(repeats):
         apply_t.append(timed(lambda: patcher.activate(a)))
         extra = max(extra, sum(v.numel() * v.element_size() for v in st.originals.values()))
         switch_t.append(timed(lambda: patcher.activate(b)))
         restore_t.append(timed(lambda: patcher.restore(base)))
+        apply_1.append(_one_worker(lambda: timed(lambda: patcher.activate(a))))  # interleaved: same conditions
+        patcher.restore(base)
     return dict(index=t_index, apply=statistics.median(apply_t), switch=statistics.median(switch_t),
-                restore=statistics.median(restore_t), extra_bytes=extra)
+                restore=statistics.median(restore_t), extra_bytes=extra, apply_1=statistics.median(apply_1))
+
+
+def _one_worker(fn):
+    """fn() with the fp16/bf16 CPU blocks on the calling thread (chain_threads' workers off)."""
+    from lora_lab.nodes.lora import chain_threads
+
+    real = chain_threads.default_workers
+    chain_threads.default_workers = lambda: 1
+    try:
+        return fn()
+    finally:
+        chain_threads.default_workers = real
 
 
 def _tiny_te():
@@ -343,8 +359,9 @@ def main(argv=None):
     print("| case | touched | memory floor | compute floor | ours apply | ours switch | ours restore | "
           "diffusers load+fuse | diffusers switch | diffusers unfuse+unload | apply / memory floor | "
           "apply / max(floors) | apply / (memory + compute) | diffusers / ours (apply) | extra memory / touched | "
-          "ComfyUI apply / switch / restore | ComfyUI / ours (apply / switch / restore) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "ComfyUI apply / switch / restore | ComfyUI / ours (apply / switch / restore) | "
+          "ours apply, no worker threads |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for case, touched, floor, cfloor, o, d, c in rows:
         cc = "– | –" if c is None else (
             f"{c['apply'] * 1e3:.0f} / {c['switch'] * 1e3:.0f} / {c['restore'] * 1e3:.1f} ms | "
@@ -355,7 +372,8 @@ def main(argv=None):
                  f"{d['apply'] * 1e3:.0f} ms | {d['switch'] * 1e3:.0f} ms | {d['restore'] * 1e3:.0f} ms | ")
               + f"{o['apply'] / floor:.2f}x | {o['apply'] / max(floor, cfloor):.2f}x | {o['apply'] / (floor + cfloor):.2f}x | "
               + ("– | " if d is None else f"{d['apply'] / o['apply']:.1f}x | ")
-              + f"{o['extra_bytes'] / touched:.2f} | {cc} |")
+              + f"{o['extra_bytes'] / touched:.2f} | {cc} | "
+              + f"{o['apply_1'] * 1e3:.1f} ms ({o['apply_1'] / max(floor, cfloor):.2f}x) |")
     if stack_rows:
         print()
         print("| dtype | stack | memory floor | compute floor | ours apply | diffusers load+fuse | "

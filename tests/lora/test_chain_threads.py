@@ -33,6 +33,7 @@ def _tasks(dtype, n=6, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_threads_give_the_one_thread_weights(monkeypatch, dtype):
     """Blocks of 5 rows, 3 workers: every weight equals plain_lora_chain's, bit for bit."""
+    monkeypatch.setattr(chain_threads, "MIN_THREADED_ELEMENTS", 0)
     monkeypatch.setitem(adapters.CHAIN_BLOCK_BYTES, "cpu", 5 * 4 * 64)
     tasks = _tasks(dtype)
     want = [adapters.plain_lora_chain(w, loras) for w, loras, _ in tasks]
@@ -43,6 +44,7 @@ def test_threads_give_the_one_thread_weights(monkeypatch, dtype):
 
 
 def test_blocks_run_on_worker_threads_and_thread_count_is_restored(monkeypatch):
+    monkeypatch.setattr(chain_threads, "MIN_THREADED_ELEMENTS", 0)
     monkeypatch.setitem(adapters.CHAIN_BLOCK_BYTES, "cpu", 4 * 4 * 64)
     seen, counts, real = set(), set(), chain_threads.chain_block
     gate = threading.Barrier(2, timeout=10)  # both workers must be inside a block at once
@@ -63,13 +65,19 @@ def test_blocks_run_on_worker_threads_and_thread_count_is_restored(monkeypatch):
     assert torch.get_num_threads() == before
 
 
-def test_one_worker_or_fp32_stays_on_the_calling_thread(monkeypatch):
+def test_one_worker_fp32_or_small_work_stays_on_the_calling_thread(monkeypatch):
     names, real = set(), chain_threads.chain_block
     monkeypatch.setattr(chain_threads, "chain_block",
                         lambda *a: (names.add(threading.current_thread().name), real(*a)))
-    chain_threads.plain_lora_chains(_tasks(torch.float16), workers=1)
+    monkeypatch.setitem(adapters.CHAIN_BLOCK_BYTES, "cpu", 4 * 4 * 64)  # many blocks
+    tasks = _tasks(torch.float16)
+    chain_threads.plain_lora_chains(tasks, workers=4)  # below MIN_THREADED_ELEMENTS
+    monkeypatch.setattr(chain_threads, "MIN_THREADED_ELEMENTS", 0)
+    chain_threads.plain_lora_chains(tasks, workers=1)
     chain_threads.plain_lora_chains(_tasks(torch.float32), workers=4)  # fp32: one addmm, no blocks
     assert names == {threading.current_thread().name}
+    chain_threads.plain_lora_chains(tasks, workers=2)
+    assert len(names) > 1  # and the same tasks do go to workers once the size allows
 
 
 def test_a_failing_block_leaves_every_weight_at_its_original(monkeypatch):
@@ -94,6 +102,7 @@ def test_a_failing_block_leaves_every_weight_at_its_original(monkeypatch):
 
     monkeypatch.setattr(chain_threads, "chain_block", flaky)
     monkeypatch.setattr(chain_threads, "default_workers", lambda: 2)  # threaded even on one core
+    monkeypatch.setattr(chain_threads, "MIN_THREADED_ELEMENTS", 0)
     before = torch.get_num_threads()
     with pytest.raises(MemoryError, match="block 7"):
         patcher.activate(p)
