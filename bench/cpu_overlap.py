@@ -1,0 +1,112 @@
+"""Benchmark: how much a CPU's cores slow each other on the two halves of an fp16 LoRA apply.
+
+An fp16/bf16 apply is, per row block, a rank-32 GEMM in cache (compute) and the widen / narrow
+conversions that stream the rows from and to memory (DRAM). nodes/lora/chain_threads.py runs
+blocks on one worker per core so one core's GEMM overlaps another's streaming; this measures,
+in one run, each half alone on one core and the same half while another core runs the other
+half, so the bound that overlap can reach on this machine is a measured number, not a guess.
+
+Run:  python bench/cpu_overlap.py [--seconds 0.5]
+Rows: the GEMM's rate (GFLOP/s) and the conversions' rate (M elements widened + narrowed per
+second), each alone and beside the other, and the ratio; with the single-core rates, the
+per-core sum for SD 1.5's 128 attention weights (93.5 M elements, rank 32) over the cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+
+import torch
+
+SD15_ATTN_ELEMENTS = 93_511_680  # the 128 attention weights of an SD 1.5 UNet (bench/lora_apply.py)
+
+
+def _gemm_setup():
+    return torch.randn(800, 1280), torch.randn(800, 32), torch.randn(32, 1280)
+
+
+def _gemm_step(state) -> int:
+    acc, up, down = state
+    acc.addmm_(up, down, alpha=0.5)
+    return 2 * 32 * 800 * 1280  # FLOPs
+
+
+def _stream_setup():
+    rows = torch.randn(48, 1 << 20).half()  # 96 MiB: beyond the caches
+    return [rows, torch.empty(1 << 20), torch.empty_like(rows), 0]
+
+
+def _stream_step(state) -> int:
+    rows, scratch, out, i = state
+    scratch.copy_(rows[i])  # widen: DRAM -> fp32 scratch
+    out[i].copy_(scratch)  # narrow: scratch -> DRAM
+    state[3] = (i + 1) % rows.shape[0]
+    return 1 << 20  # elements
+
+
+HALVES = {"GEMM": (_gemm_setup, _gemm_step), "conversions": (_stream_setup, _stream_step)}
+
+
+def rate(name: str, beside: str | None, seconds: float) -> float:
+    """The named half's rate on one thread (one torch thread), alone or while `beside` runs on another."""
+    go, stop = threading.Barrier(2 if beside is None else 3), threading.Event()
+    done = [0]
+
+    def run(half, count):
+        torch.set_num_threads(1)
+        setup, step = HALVES[half]
+        state = setup()
+        go.wait()
+        n = 0
+        while not stop.is_set():
+            n += step(state)
+        if count:
+            done[0] = n
+
+    threads = [threading.Thread(target=run, args=(name, True))]
+    if beside is not None:
+        threads.append(threading.Thread(target=run, args=(beside, False)))
+    before = torch.get_num_threads()
+    for t in threads:
+        t.start()
+    go.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    threads[0].join()
+    elapsed = time.perf_counter() - t0
+    for t in threads[1:]:
+        t.join()
+    torch.set_num_threads(before)
+    return done[0] / elapsed
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=0.5)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    n = torch.get_num_threads()  # the apply's workers
+    print(f"torch {torch.__version__}, {n} threads, load average {os.getloadavg()[0]:.2f}")
+    rows = {}
+    for _ in range(args.repeats):  # interleaved: alone, beside, alone, beside ...
+        for name, other in (("GEMM", "conversions"), ("conversions", "GEMM")):
+            rows.setdefault((name, "alone"), []).append(rate(name, None, args.seconds))
+            rows.setdefault((name, "beside"), []).append(rate(name, other, args.seconds))
+    med = {k: sorted(v)[len(v) // 2] for k, v in rows.items()}
+    print()
+    print("| half | alone, one core | beside the other half on another core | beside / alone |")
+    print("|---|---|---|---|")
+    for name, unit, scale in (("GEMM", "GFLOP/s", 1e9), ("conversions", "M elements/s", 1e6)):
+        a, b = med[(name, "alone")], med[(name, "beside")]
+        print(f"| {name} | {a / scale:.1f} {unit} | {b / scale:.1f} {unit} | {b / a:.2f}x |")
+    gemm_s = 2 * 32 * SD15_ATTN_ELEMENTS / med[("GEMM", "alone")]
+    conv_s = SD15_ATTN_ELEMENTS / med[("conversions", "alone")]
+    print(f"\nSD 1.5 attention, rank 32: GEMM {gemm_s * 1e3:.0f} core-ms + conversions {conv_s * 1e3:.0f} core-ms "
+          f"-> at best {(gemm_s + conv_s) / n * 1e3:.0f} ms on {n} cores with no slow-down beside each other")
+
+
+if __name__ == "__main__":
+    main()
