@@ -13,13 +13,11 @@ onto the CPU (its own --cpu switch) when this test is the first to import it.
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
-import os
-import sys
 
 import pytest
 import torch
+from comfy_env import comfy_modules_or_skip
 
 from lora_lab.nodes.sampling.samplers import SAMPLER_NAMES, ksample, prepare_noise
 from lora_lab.nodes.sampling.schedules import (
@@ -36,26 +34,9 @@ ATOL = 1e-6  # the brief's bound; in practice the runs agree bit for bit (the ma
 
 
 def _import_comfy():
-    root = os.environ.get("COMFYUI_DIR")
-    if not root:
-        pytest.skip("COMFYUI_DIR is not set (point it at a ComfyUI checkout to run the parity tests)")
-    if not os.path.isfile(os.path.join(root, "comfy", "samplers.py")):
-        pytest.skip(f"COMFYUI_DIR={root!r} is not a ComfyUI checkout (no comfy/samplers.py)")
-    if root not in sys.path:
-        # First on the path: `comfy` is a namespace package, and a folder named comfy elsewhere on
-        # the path (e.g. the checkout itself, seen from its parent) would otherwise join it first.
-        sys.path.insert(0, root)
-    try:
-        if "comfy.model_management" not in sys.modules:
-            importlib.import_module("comfy.cli_args").args.cpu = True  # ComfyUI's own --cpu
-        mods = {
-            name: importlib.import_module(f"comfy.{name}")
-            for name in ("samplers", "sample", "model_base", "model_patcher", "supported_models_base", "model_sampling")
-        }
-        importlib.import_module("torchsde")
-    except (ImportError, RuntimeError, OSError, AttributeError) as e:  # "not runnable here": the skip reason
-        pytest.skip(f"ComfyUI at {root!r} does not import in this interpreter: {e!r}")
-    return type("Comfy", (), mods)
+    names = ("samplers", "sample", "model_base", "model_patcher", "supported_models_base", "model_sampling")
+    mods = comfy_modules_or_skip(*(f"comfy.{n}" for n in names), "torchsde", needs="comfy/samplers.py")
+    return type("Comfy", (), dict(zip(names, mods)))
 
 
 # torchsde warns when a query point is a float32 rounding outside the tree's interval; ComfyUI too.

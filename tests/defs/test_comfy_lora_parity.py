@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import sys
 
 import pytest
 import torch
+from comfy_env import comfy_modules_or_skip
 from conftest import make_handle
 from lora_factory import kohya, peft_unet, unet_layers
 from lora_lab.nodes.defs.comfy_lora_nodes import LoraLabLoraLoaderModelClip
@@ -31,21 +30,10 @@ FP16_REL = 2.0 ** -10  # "within fp16 rounding": one unit in the last place of a
 
 
 def _import_comfy():
-    root = os.environ.get("COMFYUI_DIR")
-    if not root:
-        pytest.skip("COMFYUI_DIR is not set (point it at a ComfyUI checkout to run the parity tests)")
-    if not os.path.isfile(os.path.join(root, "comfy", "lora.py")):
-        pytest.skip(f"COMFYUI_DIR={root!r} is not a ComfyUI checkout (no comfy/lora.py)")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        if "comfy.model_management" not in sys.modules:
-            importlib.import_module("comfy.cli_args").args.cpu = True  # ComfyUI's own --cpu
-        names = ("sd", "sd1_clip", "supported_models", "supported_models_base", "model_detection", "model_patcher",
-                 "sample", "lora")
-        return type("Comfy", (), {n: importlib.import_module(f"comfy.{n}") for n in names})
-    except (ImportError, RuntimeError, OSError, AttributeError) as e:
-        pytest.skip(f"ComfyUI at {root!r} does not import in this interpreter: {e!r}")
+    names = ("sd", "sd1_clip", "supported_models", "supported_models_base", "model_detection", "model_patcher",
+             "sample", "lora")
+    mods = comfy_modules_or_skip(*(f"comfy.{n}" for n in names), needs="comfy/lora.py")
+    return type("Comfy", (), dict(zip(names, mods)))
 
 
 @pytest.fixture(scope="module")

@@ -9,28 +9,17 @@ entry; the next load registers again. Without ComfyUI, register() is a no-op.
 """
 from __future__ import annotations
 
-import importlib
-import os
 import sys
 
 import pytest
+from comfy_env import comfy_modules_or_skip
 
 from lora_lab.nodes.defs import comfy_memory
 from lora_lab.nodes.io import byte_cache
 
 
 def _model_management():
-    root = os.environ.get("COMFYUI_DIR")
-    if not root or not os.path.isfile(os.path.join(root, "comfy", "model_management.py")):
-        pytest.skip("COMFYUI_DIR is not set to a ComfyUI checkout")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        if "comfy.model_management" not in sys.modules:
-            importlib.import_module("comfy.cli_args").args.cpu = True  # ComfyUI's own --cpu
-        return importlib.import_module("comfy.model_management")
-    except (ImportError, RuntimeError, OSError, AttributeError) as e:
-        pytest.skip(f"ComfyUI does not import here: {e!r}")
+    return comfy_modules_or_skip("comfy.model_management", needs="comfy/model_management.py")[0]
 
 
 def test_register_is_a_no_op_outside_comfyui(monkeypatch):

@@ -3,9 +3,6 @@ strength rules (0 is the base, restore is bit-exact), files parsed from their ke
 and, when COMFYUI_DIR points at a ComfyUI checkout, against ComfyUI's own weight adapters."""
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 
 import pytest
 import torch
@@ -116,17 +113,9 @@ def test_files_patch_restore_and_strength_zero(sd1, kind):
 
 
 def _comfy():
-    root = os.environ.get("COMFYUI_DIR")
-    if not root or not os.path.isfile(os.path.join(root, "comfy", "weight_adapter", "oft.py")):
-        pytest.skip("COMFYUI_DIR is not set to a ComfyUI checkout with comfy/weight_adapter")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        if "comfy.model_management" not in sys.modules:
-            importlib.import_module("comfy.cli_args").args.cpu = True  # ComfyUI's own --cpu
-        return importlib.import_module("comfy.weight_adapter")
-    except Exception as e:  # noqa: BLE001 - any import failure means "this interpreter cannot run ComfyUI"
-        pytest.skip(f"ComfyUI does not import here: {e}")
+    from comfy_env import comfy_modules_or_skip
+
+    return comfy_modules_or_skip("comfy.weight_adapter", needs="comfy/weight_adapter/oft.py")[0]
 
 
 @pytest.mark.parametrize("kind", ["oft", "boft", "glora"])

@@ -142,21 +142,9 @@ def test_unsafe_pickle_refused(emb_dir, sd1):
 
 
 def _comfy_sd1_clip():
-    import importlib
-    import os
-    import sys
+    from comfy_env import comfy_modules_or_skip
 
-    root = os.environ.get("COMFYUI_DIR")
-    if not root or not os.path.isfile(os.path.join(root, "comfy", "sd1_clip.py")):
-        pytest.skip("COMFYUI_DIR is not set to a ComfyUI checkout")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        if "comfy.model_management" not in sys.modules:
-            importlib.import_module("comfy.cli_args").args.cpu = True  # ComfyUI's own --cpu
-        return importlib.import_module("comfy.sd1_clip")
-    except Exception as e:  # noqa: BLE001 - any import failure means "this interpreter cannot run ComfyUI"
-        pytest.skip(f"ComfyUI does not import here: {e}")
+    return comfy_modules_or_skip("comfy.sd1_clip", needs="comfy/sd1_clip.py")[0]
 
 
 @pytest.mark.parametrize("text", [
