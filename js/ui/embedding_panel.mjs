@@ -5,43 +5,24 @@
 
 import { embeddingView, missingEmbeddings, referencedEmbeddings } from "../lib/embedding_view.mjs";
 import { insertWords } from "../lib/prompt_words.mjs";
+import { createCachedCatalog } from "./catalog.mjs";
 import { el, findWidget, fitNode } from "./dom.mjs";
+
+async function loadEmbeddingNames(api) {
+  try {
+    const r = await api.fetchApi("/lora_lab/embeddings");
+    const names = r.ok ? (await r.json()).names : null;
+    return { names: Array.isArray(names) ? names : [], loaded: Array.isArray(names) };
+  } catch (e) {
+    console.warn("LoRA Lab: /lora_lab/embeddings failed", e);
+    return { names: [], loaded: false };
+  }
+}
 
 /** The embeddings this ComfyUI has (GET /lora_lab/embeddings) and their info, cached until refresh(). */
 export function createEmbeddingCatalog(api) {
-  const infos = new Map();
-  const listeners = new Set();
-  const cat = {
-    names: [],
-    loaded: false,
-    async refresh() {
-      try {
-        const r = await api.fetchApi("/lora_lab/embeddings");
-        const names = r.ok ? (await r.json()).names : null;
-        cat.names = Array.isArray(names) ? names : [];
-        cat.loaded = Array.isArray(names);
-      } catch (e) {
-        console.warn("LoRA Lab: /lora_lab/embeddings failed", e);
-        cat.loaded = false;
-      }
-      infos.clear();
-      for (const fn of listeners) fn(cat);
-      return cat;
-    },
-    onChange(fn) {
-      listeners.add(fn);
-      return () => listeners.delete(fn);
-    },
-    info(file) {
-      if (!infos.has(file)) {
-        infos.set(file, api.fetchApi(`/lora_lab/embedding_info?name=${encodeURIComponent(file)}`)
-          .then(async (r) => (r.ok ? r.json() : { error: (await r.json().catch(() => ({}))).error ?? r.statusText }))
-          .catch((e) => ({ error: String(e) })));
-      }
-      return infos.get(file);
-    },
-  };
-  return cat;
+  return createCachedCatalog(api, loadEmbeddingNames,
+    (file) => `/lora_lab/embedding_info?name=${encodeURIComponent(file)}`);
 }
 
 /** Add the panel (a DOM widget that is not saved) to a node with prompt / negative_prompt widgets. */
