@@ -59,19 +59,9 @@ def test_latent_upscale_nodes_take_bislerp():
 
 
 def _comfy_utils():
-    import importlib
-    import os
-    import sys
+    from comfy_env import comfy_modules_or_skip
 
-    root = os.environ.get("COMFYUI_DIR")
-    if not root or not os.path.isfile(os.path.join(root, "comfy", "utils.py")):
-        pytest.skip("COMFYUI_DIR is not set to a ComfyUI checkout")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        return importlib.import_module("comfy.utils")
-    except Exception as e:  # noqa: BLE001 - any import failure means "this interpreter cannot run ComfyUI"
-        pytest.skip(f"ComfyUI does not import here: {e}")
+    return comfy_modules_or_skip("comfy.utils", needs="comfy/utils.py")[0]
 
 
 @pytest.mark.parametrize("size", [(13, 5), (18, 14), (9, 7), (4, 3), (27, 21)])

@@ -9,9 +9,6 @@
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 
 import pytest
 import torch
@@ -118,17 +115,9 @@ def test_core_tiled_nodes_run_with_comfyui_inputs(demo_vae, demo_picture):
 
 
 def test_one_pass_equals_comfyui_tiled_scale():
-    root = os.environ.get("COMFYUI_DIR")
-    if not root or not os.path.isfile(os.path.join(root, "comfy", "utils.py")):
-        pytest.skip("COMFYUI_DIR is not set to a ComfyUI checkout")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        if "comfy.model_management" not in sys.modules:
-            importlib.import_module("comfy.cli_args").args.cpu = True
-        utils = importlib.import_module("comfy.utils")
-    except (ImportError, RuntimeError, OSError, AttributeError) as e:
-        pytest.skip(f"ComfyUI does not import here: {e!r}")
+    from comfy_env import comfy_modules_or_skip
+
+    (utils,) = comfy_modules_or_skip("comfy.utils", needs="comfy/utils.py")
     conv = torch.nn.Conv2d(4, 3, 3, padding=1)
     torch.nn.init.normal_(conv.weight, generator=torch.Generator().manual_seed(0))
 
