@@ -66,6 +66,38 @@ def tiny_checkpoints(tmp_path_factory, tiny_handles):
     return out
 
 
+@pytest.fixture
+def lora_dir(tmp_path, tiny_handles):
+    """A models folder whose loras/ holds fox.safetensors (a rank-4 kohya LoRA for the tiny SD 1.5),
+    set as the standalone model and output folders for the test; yields the loras folder."""
+    from lora_factory import kohya
+    from safetensors.torch import save_file
+
+    from lora_lab.nodes.io import paths
+
+    folder = tmp_path / "models" / "loras"
+    folder.mkdir(parents=True)
+    save_file(kohya(tiny_handles["sd1"], rank=4, seed=3), folder / "fox.safetensors")
+    with paths.standalone_dirs(tmp_path / "models", tmp_path / "out"):
+        yield folder
+
+
+@pytest.fixture
+def demo_models(tmp_path):
+    """A models folder whose checkpoints/ holds the demo checkpoint under A1111's default SD 1.5
+    name (v1-5-pruned-emaonly.safetensors), set as the standalone model and output folders."""
+    import shutil
+
+    from lora_lab.nodes.demo.demo import ensure_demo_checkpoint
+    from lora_lab.nodes.io import paths
+
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    with paths.standalone_dirs(root, tmp_path / "out"):
+        shutil.copy(ensure_demo_checkpoint(), root / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
+        yield root
+
+
 def write_diffusers_config_folder(folder: Path, handle: ModelHandle) -> Path:
     """A weightless diffusers model folder (configs + tokenizers), what from_single_file(config=) needs."""
     folder.mkdir(parents=True, exist_ok=True)

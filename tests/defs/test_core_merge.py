@@ -9,14 +9,12 @@ import pytest
 import torch
 from comfy_env import comfy_modules_or_skip
 from conftest import make_handle
-from lora_factory import kohya
 from lora_lab.nodes.defs import core_loaders as cload
 from lora_lab.nodes.defs import core_merge as cm
 from lora_lab.nodes.io import notices, paths
 from lora_lab.nodes.lora.patcher import activate, restore
 from lora_lab.nodes.merge.model_merge import blend, clip_keys, unet_keys
 from lora_lab.nodes.model.runner_types import ClipHandle
-from safetensors.torch import save_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -71,15 +69,6 @@ def test_merge_nodes_follow_comfyuis_patch_formula(pair, node, args, formula):
 def test_blocks_cover_every_key_as_comfyui_names_them(pair):
     names = set(unet_keys(pair[0].unet))
     assert {n.split(".")[0] for n in names} >= {"input_blocks", "middle_block", "output_blocks", "out", "time_embed"}
-
-
-@pytest.fixture
-def lora_dir(tmp_path, tiny_handles):
-    folder = tmp_path / "models" / "loras"
-    folder.mkdir(parents=True)
-    save_file(kohya(tiny_handles["sd1"], rank=4, seed=3), folder / "fox.safetensors")
-    with paths.standalone_dirs(tmp_path / "models", tmp_path / "out"):
-        yield folder
 
 
 def test_loras_before_and_after_a_merge(lora_dir, pair):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lora_factory import kohya
 from lora_lab.nodes.defs import core_conditioning as cc
 from lora_lab.nodes.defs import core_latent as cl
 from lora_lab.nodes.defs import core_loaders as cload
@@ -53,15 +52,6 @@ def test_clip_set_last_layer_is_clip_skip(tiny_handles):
     restore(h)
     assert torch.equal(c[0][0], encode_prompt(h, "a fox", clip_skip=2).cond)
     assert not torch.equal(c[0][0], encode_prompt(h, "a fox", clip_skip=1).cond)
-
-
-@pytest.fixture
-def lora_dir(tmp_path, tiny_handles):
-    folder = tmp_path / "models" / "loras"
-    folder.mkdir(parents=True)
-    save_file(kohya(tiny_handles["sd1"], rank=4, seed=3), folder / "fox.safetensors")
-    with paths.standalone_dirs(tmp_path / "models", tmp_path / "out"):
-        yield folder
 
 
 @pytest.mark.parametrize("sm,sc", [(1.0, 1.0), (0.7, 0.0), (0.0, 1.3)])

@@ -4,13 +4,10 @@ IMAGE.jpg` / `.webp` working like a PNG."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-from lora_lab.nodes.demo.demo import ensure_demo_checkpoint
 from lora_lab.nodes.graph.a1111 import graph_from_parameters
 from lora_lab.nodes.graph.workflow import WorkflowError, load_workflow, read_png_chunks
-from lora_lab.nodes.io import paths
 from lora_lab.nodes.io.exif_params import decode_user_comment
 from lora_lab.nodes.io.png_params import parse_infotext
 from PIL import Image
@@ -48,17 +45,8 @@ def test_user_comment_encodings(raw):
     assert decode_user_comment(b"ASCII\x00\x00\x00Steps: 3\x00") == "Steps: 3"
 
 
-@pytest.fixture
-def models(tmp_path):
-    root = tmp_path / "models"
-    (root / "checkpoints").mkdir(parents=True)
-    with paths.standalone_dirs(root, tmp_path / "out"):
-        shutil.copy(ensure_demo_checkpoint(), root / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
-        yield root
-
-
 @pytest.mark.parametrize("suffix", [".jpg", ".jpeg", ".webp"])
-def test_a1111_jpeg_and_webp_read_like_png(models, tmp_path, suffix):
+def test_a1111_jpeg_and_webp_read_like_png(demo_models, tmp_path, suffix):
     pic = save_with_exif(tmp_path / f"civitai{suffix}", piexif_unicode(TEXT))
     assert read_png_chunks(pic) == {"parameters": TEXT}
     wf = load_workflow(pic, {})
@@ -77,11 +65,11 @@ def test_comfyui_webp_graph_tags(tmp_path):
     assert load_workflow(pic, {}).prompt == graph
 
 
-def test_run_a1111_jpeg_headless(models, tmp_path, capsys):
+def test_run_a1111_jpeg_headless(demo_models, tmp_path, capsys):
     from lora_lab.nodes.cli.main import main
 
     pic = save_with_exif(tmp_path / "posted.jpg", piexif_unicode(TEXT))
-    code = main(["run", str(pic), "--models-dir", str(models), "--output-dir", str(tmp_path / "out"), "--json",
+    code = main(["run", str(pic), "--models-dir", str(demo_models), "--output-dir", str(tmp_path / "out"), "--json",
                  "--quiet"])
     assert code == 0, capsys.readouterr()
     (png,) = sorted((tmp_path / "out" / "a1111").glob("posted_*.png"))

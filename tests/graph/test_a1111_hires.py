@@ -3,32 +3,20 @@ and pixel upscalers, its own steps / sampler / prompt), the Hires fields written
 a second pass (ours and core nodes), and the round trip text -> graph -> text."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 import torch
 
-from lora_lab.nodes.demo.demo import ensure_demo_checkpoint
 from lora_lab.nodes.graph.a1111 import graph_from_parameters
 from lora_lab.nodes.graph.a1111_hires import target_size
 from lora_lab.nodes.graph.a1111_write import parameters_for
 from lora_lab.nodes.graph.workflow import WorkflowError
-from lora_lab.nodes.io import paths
 from lora_lab.nodes.io.png_params import parse_infotext
 
 BASE = """a castle, <lora:lora-lab-demo-style:0.8>
 Negative prompt: lowres
 Steps: 6, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6, Seed: 3, Size: 64x96, \
 Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Clip skip: 2, {hires}Version: v1.10.1"""
-
-
-@pytest.fixture
-def models(tmp_path):
-    root = tmp_path / "models"
-    (root / "checkpoints").mkdir(parents=True)
-    with paths.standalone_dirs(root, tmp_path / "out"):
-        shutil.copy(ensure_demo_checkpoint(), root / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
-        yield root
 
 
 def _text(hires: str) -> str:
@@ -45,7 +33,7 @@ def test_target_size_follows_a1111():
     assert target_size(768, 512, 2.0, 1000, 1000) == (1500, 1000, 1000, 1000)
 
 
-def test_latent_hires_builds_the_second_pass(models):
+def test_latent_hires_builds_the_second_pass(demo_models):
     g = graph_from_parameters(_text("Hires upscale: 2, Hires steps: 4, Hires upscaler: Latent, "), "h").prompt
     up, second = g["4"], g["5"]["inputs"]
     assert up["class_type"] == "LatentUpscale" and up["inputs"] == {
@@ -62,7 +50,7 @@ def test_latent_hires_builds_the_second_pass(models):
     assert second["a1111_noise"] == first["a1111_noise"] == ["6", 0]  # a new ImageRNG per pass, same settings
 
 
-def test_hires_own_settings_and_defaults(models):
+def test_hires_own_settings_and_defaults(demo_models):
     g = graph_from_parameters(_text(
         'Hires upscale: 1.5, Hires sampler: Euler a, Hires schedule type: Simple, Hires CFG Scale: 4, '
         'Hires prompt: "a castle, detailed", Hires upscaler: Latent (nearest-exact), '), "h")
@@ -77,7 +65,7 @@ def test_hires_own_settings_and_defaults(models):
         graph_from_parameters(_text("Hires upscale: 2, Hires sampler: PLMS, "))
 
 
-def test_pixel_upscalers_and_models_are_named(models):
+def test_pixel_upscalers_and_models_are_named(demo_models):
     g = graph_from_parameters(_text("Hires upscale: 2, Hires upscaler: Lanczos, "), "h")
     assert g.prompt["4"]["class_type"] == "ImageScale" and g.prompt["4"]["inputs"]["image"] == ["2", 0]
     assert g.prompt["5"]["inputs"]["image"] == ["4", 0] and "latent" not in g.prompt["5"]["inputs"]
@@ -107,7 +95,7 @@ HIRES_FIELDS = ("Denoising strength", "Hires sampler", "Hires prompt", "Hires sc
     ("Hires sampler: Euler, Hires schedule type: Simple, Hires CFG Scale: 4, Hires resize: 96x96, Hires steps: 2, "
      "Hires upscaler: Lanczos, "),
 ])
-def test_round_trip_text_graph_text(models, hires):
+def test_round_trip_text_graph_text(demo_models, hires):
     text = _text(hires)
     written = parameters_for(graph_from_parameters(text, "h").prompt, "3")
     _, _, want = parse_infotext(text)
@@ -124,7 +112,7 @@ def test_round_trip_text_graph_text(models, hires):
     assert order[-len(keys):] == keys  # nothing written after them here (no hashes: the demo LoRA is not a file)
 
 
-def test_core_node_hires_graph_writes_hires_fields(models):
+def test_core_node_hires_graph_writes_hires_fields(demo_models):
     g = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a fox"}},
@@ -159,7 +147,7 @@ def test_core_node_hires_graph_writes_hires_fields(models):
 
 @pytest.mark.parametrize("hires", ["Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent, ",
                                    "Hires upscale: 2, Hires steps: 2, Hires upscaler: 4x-UltraSharp, "])
-def test_hires_parameters_run_headless(models, tmp_path, hires, capsys):
+def test_hires_parameters_run_headless(demo_models, tmp_path, hires, capsys):
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
@@ -170,7 +158,7 @@ def test_hires_parameters_run_headless(models, tmp_path, hires, capsys):
     info.add_text("parameters", text)
     Image.new("RGB", (8, 8)).save(tmp_path / "posted.png", pnginfo=info)
     torch.manual_seed(0)
-    code = main(["run", str(tmp_path / "posted.png"), "--models-dir", str(models), "--output-dir",
+    code = main(["run", str(tmp_path / "posted.png"), "--models-dir", str(demo_models), "--output-dir",
                  str(tmp_path / "out"), "--json", "--quiet"])
     assert code == 0, capsys.readouterr()
     (png,) = sorted((tmp_path / "out" / "a1111").glob("posted_*.png"))
@@ -183,7 +171,7 @@ def test_hires_parameters_run_headless(models, tmp_path, hires, capsys):
     assert got.get("Hires upscaler") == ("Latent" if "Latent" in hires else "Lanczos")
 
 
-def test_seed_fields_round_trip(models):
+def test_seed_fields_round_trip(demo_models):
     """RNG, Variation seed (+ strength), Seed resize from, ENSD -> the A1111 Noise node -> the same text."""
     seed_fields = ("Variation seed: 77, Variation seed strength: 0.25, Seed resize from: 48x48, ENSD: 31337, "
                    "RNG: CPU, ")
