@@ -63,7 +63,7 @@ class Memory:
 def write_full_size_sd15(path) -> None:
     """A seeded random-weight SD 1.5 (full size: UNet 320 channels, CLIP ViT-L text encoder,
     the 4-level VAE) in the single-file layout, fp16: the layout ComfyUI's model detection
-    recognises (same construction as tests/test_comfy_graph_parity.py)."""
+    recognises (tests/test_comfy_graph_parity.py writes its checkpoint with this too)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from lora_lab.nodes.model.checkpoint import tokenizers_for

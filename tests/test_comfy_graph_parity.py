@@ -31,11 +31,11 @@ Heavy: builds and writes a ~2 GB checkpoint per writer, minutes on a CPU.
 """
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import comfy_sd15 as cs
 import pytest
@@ -59,23 +59,15 @@ def _comfy_root() -> str:
 
 
 def ours_sd15(path):
-    """A random-weight SD 1.5 in diffusers' classes written by our save_single_file (fp16), seeded."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from lora_lab.nodes.model.checkpoint import tokenizers_for
-    from lora_lab.nodes.model.checkpoint_save import save_single_file
-    from lora_lab.nodes.model.handle import ModelHandle
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(1234)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4)
-    clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                        num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu"))
-    h = ModelHandle("sd1", "epsilon", unet, vae, (clip,), tokenizers_for("sd1"))
-    save_single_file(path, h, dtype=torch.float16)
-    del h, unet, vae, clip
-    gc.collect()
+    """A random-weight SD 1.5 in diffusers' classes written by our save_single_file (fp16), seeded:
+    the construction bench/sample_sides.py writes for its ComfyUI row (one copy of it, there)."""
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    sys.path.insert(0, bench)
+    try:
+        import sample_sides
+    finally:
+        sys.path.remove(bench)
+    sample_sides.write_full_size_sd15(path)
     return path
 
 
