@@ -167,13 +167,13 @@ def patch_weight(weight: torch.Tensor, entries: tuple, param: str, strength: flo
                  device_cache: dict | None = None) -> torch.Tensor:
     """weight (ComfyUI's fp32 working copy of one parameter) += the entries, in place; returned.
 
-    The same computation as our patcher's (patcher._compute: plain LoRAs in one fp32 chain,
+    The same computation as our patcher's (patcher.patched_value: plain LoRAs in one fp32 chain,
     everything else through adapters.patched_weight, DoRA by the published rule), so a weight
     ComfyUI patches with our stack equals the one our nodes give before rounding to the
     model's dtype. `strength` is ComfyUI's patch strength (1.0 as we add them); `function`
     a ComfyUI weight conversion applied to the change, as its own adapters do.
     """
-    from .patcher import _compute, adapter_to
+    from .patcher import adapter_to, patched_value
 
     if strength != 1.0:
         entries = tuple((a, s * strength, rows) for a, s, rows in entries)
@@ -186,7 +186,7 @@ def patch_weight(weight: torch.Tensor, entries: tuple, param: str, strength: flo
                 hit = cache[(id(a), weight.device)] = (a, adapter_to(a, weight.device))
             moved.append((hit[1], s, rows))
         entries = tuple(moved)
-    res = _compute(weight, entries, param, out=None)
+    res = patched_value(weight, entries, param)
     if function is None:
         weight.copy_(res)
     else:

@@ -25,7 +25,6 @@ from .adapters import (
     is_plain_lora,
     patched_bias,
     patched_weight,
-    plain_lora_chain,
 )
 from .chain_threads import plain_lora_chains
 from .lora_formats import Matched, RawLora, match
@@ -219,14 +218,12 @@ def _compute_all(items: list) -> list:
 
 
 def _compute(original: torch.Tensor, entries: tuple, pname: str, out: torch.Tensor | None) -> torch.Tensor:
-    """original (+ each adapter in order), fp32 math, in original's dtype; into `out` if given."""
+    """original (+ each adapter in order), fp32 math, in original's dtype; into `out` if given.
+    Biases and stacks that are not all plain LoRAs; _compute_all sends the plain chains elsewhere."""
     if pname == "bias":
         acc = original.float()
         for a, s, rows in entries:
             acc = patched_bias(acc, a, s)
-    elif _is_chain(entries, pname):
-        # the common case: one row-blocked pass, fp32 math, written in the model's dtype
-        return plain_lora_chain(original, [(a, s) for a, s, _ in entries], out=out)
     else:
         fp32 = original.dtype == torch.float32
         acc = original if fp32 else original.float()
