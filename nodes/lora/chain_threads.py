@@ -38,14 +38,15 @@ def plain_lora_chains(tasks, workers: int | None = None) -> list[torch.Tensor]:
         res, job = chain_setup(w0, loras, out)
         results.append(res)
         if job is not None:
-            step = chain_rows(job[0])
-            jobs.extend((job, i, min(job[0].shape[0], i + step)) for i in range(0, job[0].shape[0], step))
+            n_rows, step = job[0].shape[0], chain_rows(job[0])
+            need = step * job[0].shape[1]  # the fp32 scratch its blocks take
+            jobs.extend((job, i, min(n_rows, i + step), need) for i in range(0, n_rows, step))
     if not jobs:
         return results
     n = default_workers() if workers is None else workers
-    size = sum((j - i) * job[0].shape[1] for job, i, j in jobs)
+    size = sum((j - i) * job[0].shape[1] for job, i, j, _ in jobs)
     threaded = (n > 1 and len(jobs) > 1 and size >= MIN_THREADED_ELEMENTS
-                and all(job[0].device.type == "cpu" for job, _, _ in jobs))
+                and all(job[0].device.type == "cpu" for job, _, _, _ in jobs))
     if not threaded:
         _run(jobs, iter(range(len(jobs))), threading.Lock())
         return results
@@ -67,11 +68,10 @@ def _run(jobs, order, lock, errors=None) -> None:
                 k = next(order, None)
             if k is None:
                 return
-            job, i, j = jobs[k]
-            w2 = job[0]
-            need = chain_rows(w2) * w2.shape[1]
-            if scratch is None or scratch.numel() < need or scratch.device != w2.device:
-                scratch = torch.empty(need, dtype=torch.float32, device=w2.device)
+            job, i, j, need = jobs[k]
+            device = job[0].device
+            if scratch is None or scratch.numel() < need or scratch.device != device:
+                scratch = torch.empty(need, dtype=torch.float32, device=device)
             chain_block(job, i, j, scratch)
     except BaseException as e:  # handed to the calling thread
         if errors is None:
@@ -93,7 +93,7 @@ def _run_threads(jobs, n: int) -> None:
             t.start()
     finally:
         for t in threads:
-            if t.is_alive() or t.ident is not None:
+            if t.ident is not None:  # started
                 t.join()
         torch.set_num_threads(before)
     if errors:
