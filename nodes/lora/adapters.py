@@ -158,14 +158,16 @@ def plain_lora_chain(w0: torch.Tensor, loras, out: torch.Tensor | None = None) -
     """w0 + each plain LoRA's s·scale·(up @ down); fp32 math, stored in out's dtype.
 
     loras: (adapter, strength) pairs, each `is_plain_lora`, all on w0's device.
-    A stack is one low-rank product (the exact merge's trick): [up₁·c₁ … upₙ·cₙ] @ [down₁; …; downₙ]
-    with cᵢ = sᵢ·scaleᵢ, so each weight is read and written once and the n rank-r products are
-    one rank-(n·r) GEMM. One LoRA keeps addmm's own alpha (bit-identical to patched_weight).
-    An fp32 weight is one addmm into `out`. An fp16/bf16 weight goes row block by row block: a
-    block of w0 is widened into a small fp32 scratch, the product's rows are added there and the
-    block is narrowed into `out`: no full-size fp32 temporaries, and the result equals the
-    whole-tensor computation (w0.float() + ΔW).to(dtype). chain_threads.py runs the blocks of
-    many weights on worker threads; it shares chain_setup / chain_block, so the bits are these.
+    Each weight is read and written once, whatever the stack's length. An fp32 weight is one
+    addmm into `out`; a stack is one low-rank product (the exact merge's trick):
+    [up₁·c₁ … upₙ·cₙ] @ [down₁; …; downₙ] with cᵢ = sᵢ·scaleᵢ, the n rank-r products one
+    rank-(n·r) GEMM. An fp16/bf16 weight goes row block by row block: a block of w0 is widened
+    into a small fp32 scratch, each LoRA's rows are added there (one addmm per LoRA, its own
+    alpha: the deltas summed in the block, no concatenated copies of the factors) and the block
+    is narrowed into `out`: no full-size fp32 temporaries, and the result equals the whole-tensor
+    computation (patched_weight chained in fp32, narrowed once). One LoRA is addmm with its own
+    alpha either way (bit-identical to patched_weight). chain_threads.py runs the blocks of many
+    weights on worker threads; it shares chain_setup / chain_block, so the bits are these.
     """
     res, job = chain_setup(w0, loras, out)
     if job is not None:
@@ -179,16 +181,16 @@ def plain_lora_chain(w0: torch.Tensor, loras, out: torch.Tensor | None = None) -
 
 def chain_setup(w0: torch.Tensor, loras, out: torch.Tensor | None):
     """(result tensor, block job or None). fp32: the result is computed here (one addmm) and the
-    job is None; fp16/bf16: the job (w0 [n, cols], result [n, cols], up, down, alpha) is left for
-    chain_block to run block by block."""
+    job is None; fp16/bf16: the job (w0 [n, cols], result [n, cols], [(up, down, alpha) per LoRA])
+    is left for chain_block to run block by block."""
     res = w0.new_empty(w0.shape) if out is None else out  # contiguous, whatever w0's strides
     w2 = w0.reshape(w0.shape[0], -1)
     r2 = res.view(w2.shape)
-    up, down, alpha = stacked_factors(loras, w2.shape[0])
     if w0.dtype == torch.float32:
+        up, down, alpha = stacked_factors(loras, w2.shape[0])
         torch.addmm(w2, up, down, alpha=alpha, out=r2)
         return res, None
-    return res, (w2, r2, up, down, alpha)
+    return res, (w2, r2, factor_terms(loras, w2.shape[0]))
 
 
 def chain_rows(w2: torch.Tensor) -> int:
@@ -199,12 +201,19 @@ def chain_rows(w2: torch.Tensor) -> int:
 
 
 def chain_block(job, i: int, j: int, scratch: torch.Tensor) -> None:
-    """Rows i:j of a block job: widen into scratch, add the low-rank product, narrow into the result."""
-    w2, r2, up, down, alpha = job
+    """Rows i:j of a block job: widen into scratch, add each LoRA's rows, narrow into the result."""
+    w2, r2, terms = job
     acc = scratch[: (j - i) * w2.shape[1]].view(j - i, w2.shape[1])
     acc.copy_(w2[i:j])
-    acc.addmm_(up[i:j], down, alpha=alpha)
+    for up, down, alpha in terms:
+        acc.addmm_(up[i:j], down, alpha=alpha)
     r2[i:j].copy_(acc)
+
+
+def factor_terms(loras, rows: int) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """[(up [rows, r], down [r, cols], sᵢ·scaleᵢ)] per LoRA: views of its own fp32 tensors."""
+    return [(a.tensors["up"].reshape(rows, -1), a.tensors["down"].reshape(a.tensors["down"].shape[0], -1),
+             s * lora_scale(a)) for a, s in loras]
 
 
 def stacked_factors(loras, rows: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -213,8 +222,7 @@ def stacked_factors(loras, rows: int) -> tuple[torch.Tensor, torch.Tensor, float
     One LoRA: its own tensors and alpha = s·scale (no rescaled copy). Several: the ups scaled
     by their cᵢ and concatenated along the rank, the downs stacked, alpha 1 (R = Σ rᵢ).
     """
-    terms = [(a.tensors["up"].reshape(rows, -1), a.tensors["down"].reshape(a.tensors["down"].shape[0], -1),
-              s * lora_scale(a)) for a, s in loras]
+    terms = factor_terms(loras, rows)
     if len(terms) == 1:
         return terms[0]
     up = torch.cat([u.float() * c for u, _, c in terms], dim=1)

@@ -487,10 +487,11 @@ def test_lora_reaches_a_model_on_another_device():
 # ------------------------------------------------------------------- one-pass stacks
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_one_pass_stack_equals_sequential(dtype):
-    """A stack of 4 LoRAs (different ranks, alphas, strengths, conv layers too) goes through
-    one concatenated low-rank product per weight; the weights equal applying the LoRAs one after
-    the other (patched_weight chained in fp32, narrowed once) within fp32 rounding: for fp32
-    a few ulps of the weight, for fp16/bf16 at most one unit in the last place."""
+    """A stack of 4 LoRAs (different ranks, alphas, strengths, conv layers too) goes through one
+    pass per weight (fp32: one concatenated low-rank product; fp16/bf16: each LoRA's addmm into the
+    block's fp32 scratch); the weights equal applying the LoRAs one after the other
+    (patched_weight chained in fp32, narrowed once) within fp32 rounding: for fp32 a few ulps of
+    the weight, for fp16/bf16 at most one unit in the last place."""
     h = make_handle("sd1", seed=21)
     h.unet.to(dtype)
     suffixes = ("attn1.to_q", "attn2.to_k", "proj_in", "conv1")
@@ -543,6 +544,26 @@ def test_one_lora_stays_bit_identical_to_patched_weight():
     up, down, alpha = adapters.stacked_factors([(a, 0.7)], 96)
     assert up.data_ptr() == a.tensors["up"].data_ptr() and down.data_ptr() == a.tensors["down"].data_ptr()  # no copies
     assert alpha == 0.7 * 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_stack_uses_the_loras_own_factors(dtype):
+    """fp16/bf16: the block job holds each LoRA's own up/down (views, no concatenated or rescaled
+    copies) with its own alpha; the weight equals the LoRAs' addmms chained in fp32, narrowed once."""
+    g = torch.Generator().manual_seed(9)
+    w = (torch.randn(96, 64, generator=g) * 0.1).to(dtype)
+    loras = [(adapters.Adapter("lora", {"up": torch.randn(96, r, generator=g), "down": torch.randn(r, 64, generator=g)},
+                               alpha=al), s) for r, al, s in ((4, 2.0, 0.7), (8, None, -0.4))]
+    res, job = adapters.chain_setup(w, loras, None)
+    _, _, terms = job
+    assert [(u.data_ptr(), d.data_ptr()) for u, d, _ in terms] == [
+        (a.tensors["up"].data_ptr(), a.tensors["down"].data_ptr()) for a, _ in loras]
+    assert [c for _, _, c in terms] == [0.7 * 2.0 / 4, -0.4]
+    got = adapters.plain_lora_chain(w, loras)
+    want = w.float()
+    for a, s in loras:
+        want = torch.addmm(want, a.tensors["up"], a.tensors["down"], alpha=s * adapters.lora_scale(a))
+    assert got.dtype == dtype and torch.equal(got, want.to(dtype))
 
 
 def test_stack_switch_touches_only_changed_layers(sd1):
