@@ -10,6 +10,10 @@ Run:  python bench/cpu_overlap.py [--seconds 0.5]
 Rows: the GEMM's rate (GFLOP/s) and the conversions' rate (M elements widened + narrowed per
 second), each alone and beside the other, and the ratio; with the single-core rates, the
 per-core sum for SD 1.5's 128 attention weights (93.5 M elements, rank 32) over the cores.
+Then the apply's own sequence on one core (per block: widen, GEMM, narrow), each part timed:
+on a 2-core Zen 4 VM the conversions there ran at 0.73-0.84x their rate alone (the widen after
+a GEMM is the slow one; with an in-cache copy in the GEMM's place it is not), so the per-core
+bound of the attention apply is 47 ms there, not 45 (1.4x the compute floor of bench/lora_apply.py).
 """
 from __future__ import annotations
 
@@ -83,6 +87,36 @@ def rate(name: str, beside: str | None, seconds: float) -> float:
     return done[0] / elapsed
 
 
+def in_sequence(seconds: float) -> tuple[float, float]:
+    """(GEMM FLOP/s, conversion elements/s) on one torch thread running the apply's own block
+    sequence: widen a block of rows from memory, add the rank-32 product, narrow it back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = torch.randn(60_000, 1280).half()  # 146 MiB: beyond the caches, like a UNet's weights
+        out, up, down = torch.empty_like(rows), torch.randn(60_000, 32), torch.randn(32, 1280)
+        acc, step = torch.empty(800, 1280), 800
+        conv = gemm = 0.0
+        n_conv = n_gemm = 0
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            for i in range(0, rows.shape[0] - step + 1, step):
+                t0 = time.perf_counter()
+                acc.copy_(rows[i:i + step])
+                t1 = time.perf_counter()
+                acc.addmm_(up[i:i + step], down, alpha=0.5)
+                t2 = time.perf_counter()
+                out[i:i + step].copy_(acc)
+                t3 = time.perf_counter()
+                conv += (t1 - t0) + (t3 - t2)
+                gemm += t2 - t1
+                n_conv += acc.numel()
+                n_gemm += 2 * 32 * acc.numel()
+        return n_gemm / gemm, n_conv / conv
+    finally:
+        torch.set_num_threads(before)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=0.5)
@@ -106,6 +140,15 @@ def main(argv=None):
     conv_s = SD15_ATTN_ELEMENTS / med[("conversions", "alone")]
     print(f"\nSD 1.5 attention, rank 32: GEMM {gemm_s * 1e3:.0f} core-ms + conversions {conv_s * 1e3:.0f} core-ms "
           f"-> at best {(gemm_s + conv_s) / n * 1e3:.0f} ms on {n} cores with no slow-down beside each other")
+    seq = [in_sequence(args.seconds) for _ in range(args.repeats)]
+    g_rate = sorted(g for g, _ in seq)[len(seq) // 2]
+    c_rate = sorted(c for _, c in seq)[len(seq) // 2]
+    gemm_q = 2 * 32 * SD15_ATTN_ELEMENTS / g_rate
+    conv_q = SD15_ATTN_ELEMENTS / c_rate
+    print(f"in the apply's sequence on one core (widen, GEMM, narrow per block): GEMM {g_rate / 1e9:.1f} GFLOP/s, "
+          f"conversions {c_rate / 1e6:.0f} M elements/s ({c_rate / med[('conversions', 'alone')]:.2f}x alone) "
+          f"-> GEMM {gemm_q * 1e3:.0f} + conversions {conv_q * 1e3:.0f} core-ms, at best {(gemm_q + conv_q) / n * 1e3:.0f} ms "
+          f"on {n} cores")
 
 
 if __name__ == "__main__":

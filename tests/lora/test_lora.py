@@ -554,7 +554,7 @@ def test_half_precision_stack_uses_the_loras_own_factors(dtype):
     w = (torch.randn(96, 64, generator=g) * 0.1).to(dtype)
     loras = [(adapters.Adapter("lora", {"up": torch.randn(96, r, generator=g), "down": torch.randn(r, 64, generator=g)},
                                alpha=al), s) for r, al, s in ((4, 2.0, 0.7), (8, None, -0.4))]
-    res, job = adapters.chain_setup(w, loras, None)
+    _, job = adapters.chain_setup(w, loras, None)
     _, _, terms = job
     assert [(u.data_ptr(), d.data_ptr()) for u, d, _ in terms] == [
         (a.tensors["up"].data_ptr(), a.tensors["down"].data_ptr()) for a, _ in loras]
