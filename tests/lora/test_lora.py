@@ -547,18 +547,22 @@ def test_one_lora_stays_bit_identical_to_patched_weight():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_stack_uses_the_loras_own_factors(dtype):
+@pytest.mark.parametrize("rows,cols", [(96, 64), (1280, 1280)])
+def test_half_precision_stack_uses_the_loras_own_factors(dtype, rows, cols):
     """fp16/bf16: the block job holds each LoRA's own up/down (views, no concatenated or rescaled
-    copies) with its own alpha; the weight equals the LoRAs' addmms chained in fp32, narrowed once."""
+    copies) with its own alpha; the weight equals the LoRAs' addmms chained in fp32 over the whole
+    tensor, narrowed once, bit for bit: also for a full-size weight cut into 4 MiB row blocks."""
     g = torch.Generator().manual_seed(9)
-    w = (torch.randn(96, 64, generator=g) * 0.1).to(dtype)
-    loras = [(adapters.Adapter("lora", {"up": torch.randn(96, r, generator=g), "down": torch.randn(r, 64, generator=g)},
-                               alpha=al), s) for r, al, s in ((4, 2.0, 0.7), (8, None, -0.4))]
+    w = (torch.randn(rows, cols, generator=g) * 0.1).to(dtype)
+    loras = [(adapters.Adapter("lora", {"up": torch.randn(rows, r, generator=g) * 0.1,
+                                        "down": torch.randn(r, cols, generator=g) * 0.1}, alpha=al), s)
+             for r, al, s in ((32, 16.0, 0.7), (8, None, -0.4))]
     _, job = adapters.chain_setup(w, loras, None)
     _, _, terms = job
     assert [(u.data_ptr(), d.data_ptr()) for u, d, _ in terms] == [
         (a.tensors["up"].data_ptr(), a.tensors["down"].data_ptr()) for a, _ in loras]
-    assert [c for _, _, c in terms] == [0.7 * 2.0 / 4, -0.4]
+    assert [c for _, _, c in terms] == [0.7 * 16.0 / 32, -0.4]
+    assert (adapters.chain_rows(w) < rows) == (rows == 1280)  # the full-size one is two blocks
     got = adapters.plain_lora_chain(w, loras)
     want = w.float()
     for a, s in loras:
