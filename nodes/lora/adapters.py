@@ -184,8 +184,8 @@ def chain_setup(w0: torch.Tensor, loras, out: torch.Tensor | None):
     job is None; fp16/bf16: the job (w0 [n, cols], result [n, cols], [(up, down, alpha) per LoRA])
     is left for chain_block to run block by block."""
     res = w0.new_empty(w0.shape) if out is None else out  # contiguous, whatever w0's strides
-    w2 = w0.reshape(w0.shape[0], -1)
-    r2 = res.view(w2.shape)
+    w2 = _rows(w0)
+    r2 = res if res.dim() == 2 else res.view(w2.shape)
     if w0.dtype == torch.float32:
         up, down, alpha = stacked_factors(loras, w2.shape[0])
         torch.addmm(w2, up, down, alpha=alpha, out=r2)
@@ -211,9 +211,16 @@ def chain_block(job, i: int, j: int, scratch: torch.Tensor) -> None:
 
 
 def factor_terms(loras, rows: int) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-    """[(up [rows, r], down [r, cols], sᵢ·scaleᵢ)] per LoRA: views of its own fp32 tensors."""
-    return [(a.tensors["up"].reshape(rows, -1), a.tensors["down"].reshape(a.tensors["down"].shape[0], -1),
-             s * lora_scale(a)) for a, s in loras]
+    """[(up [rows, r], down [r, cols], sᵢ·scaleᵢ)] per LoRA: its own fp32 tensors (or 2-D views)."""
+    return [(_rows(a.tensors["up"], rows), _rows(a.tensors["down"]), s * lora_scale(a)) for a, s in loras]
+
+
+def _rows(t: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """t as a [rows, -1] matrix: t itself when it is one already (a Linear weight: no view to make;
+    an activate sets up every touched weight, so this is on its path)."""
+    if t.dim() == 2 and (rows is None or t.shape[0] == rows):
+        return t
+    return t.reshape(t.shape[0] if rows is None else rows, -1)
 
 
 def stacked_factors(loras, rows: int) -> tuple[torch.Tensor, torch.Tensor, float]:
