@@ -12,9 +12,10 @@ against 66-75 ms for the one-thread-pool loop (bench/lora_apply.py; notes in the
 The arithmetic of every block is chain_block's, with the same block boundaries as
 adapters.plain_lora_chain, so the weights are the ones that function gives.
 
-Small jobs (under MIN_THREADED_ELEMENTS) stay on the calling thread. While the workers run,
-torch's thread count is 1 in each of them; MKL's count is process-wide,
-so the calling thread's count is put back when they finish (also on an error).
+Small jobs (under MIN_THREADED_ELEMENTS) stay on the calling thread. Otherwise the calling
+thread is one of the workers, beside n - 1 started threads. While the workers run, torch's thread
+count is 1 in each of them; MKL's count is process-wide, so the calling thread's count is put
+back when they finish (also on an error).
 """
 from __future__ import annotations
 
@@ -87,10 +88,12 @@ def _run_threads(jobs, n: int) -> None:
         torch.set_num_threads(1)
         _run(jobs, order, lock, errors)
 
-    threads = [threading.Thread(target=worker, name=f"lora-lab-apply-{k}", daemon=True) for k in range(n)]
+    # n - 1 threads; the calling thread is the n-th worker (its first block starts at once)
+    threads = [threading.Thread(target=worker, name=f"lora-lab-apply-{k}", daemon=True) for k in range(n - 1)]
     try:
         for t in threads:
             t.start()
+        worker()
     finally:
         for t in threads:
             if t.ident is not None:  # started
