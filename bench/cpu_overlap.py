@@ -11,9 +11,10 @@ Rows: the GEMM's rate (GFLOP/s) and the conversions' rate (M elements widened + 
 second), each alone and beside the other, and the ratio; with the single-core rates, the
 per-core sum for SD 1.5's 128 attention weights (93.5 M elements, rank 32) over the cores.
 Then the apply's own sequence on one core (per block: widen, GEMM, narrow), each part timed:
-on a 2-core Zen 4 VM the conversions there ran at 0.73-0.84x their rate alone (the widen after
+on a 2-core Zen 4 VM the conversions there ran at 0.76-0.84x their rate alone (the widen after
 a GEMM is the slow one; with an in-cache copy in the GEMM's place it is not), so the per-core
-bound of the attention apply is 47 ms there, not 45 (1.4x the compute floor of bench/lora_apply.py).
+bound of the attention apply was 47-51 ms there, not 45 (1.4-1.6x the compute floor of
+bench/lora_apply.py, 31-34 ms).
 """
 from __future__ import annotations
 
