@@ -171,11 +171,10 @@ def plain_lora_chain(w0: torch.Tensor, loras, out: torch.Tensor | None = None) -
     """
     res, job = chain_setup(w0, loras, out)
     if job is not None:
-        w2 = job[0]
-        step = chain_rows(w2)
-        scratch = torch.empty(step * w2.shape[1], dtype=torch.float32, device=w0.device)
-        for i in range(0, w2.shape[0], step):
-            chain_block(job, i, min(w2.shape[0], i + step), scratch)
+        need, blocks = chain_blocks(job[0])
+        scratch = torch.empty(need, dtype=torch.float32, device=w0.device)
+        for i, j in blocks:
+            chain_block(job, i, j, scratch)
     return res
 
 
@@ -193,11 +192,14 @@ def chain_setup(w0: torch.Tensor, loras, out: torch.Tensor | None):
     return res, (w2, r2, factor_terms(loras, w2.shape[0]))
 
 
-def chain_rows(w2: torch.Tensor) -> int:
-    """Rows per block for a [n, cols] weight: the fp32 scratch stays within CHAIN_BLOCK_BYTES."""
+def chain_blocks(w2: torch.Tensor) -> tuple[int, list[tuple[int, int]]]:
+    """(fp32 scratch elements a block takes, [(first row, end row)] of each block) for a [n, cols]
+    weight: the scratch stays within CHAIN_BLOCK_BYTES. The one place the block boundaries are
+    chosen, so chain_threads' blocks are plain_lora_chain's (the bits depend on them)."""
     n, cols = w2.shape
     block = CHAIN_BLOCK_BYTES.get(w2.device.type, CHAIN_BLOCK_BYTES_OTHER)
-    return max(1, min(n, block // (4 * cols)))
+    step = max(1, min(n, block // (4 * cols)))
+    return step * cols, [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
 def chain_block(job, i: int, j: int, scratch: torch.Tensor) -> None:

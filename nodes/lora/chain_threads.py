@@ -9,8 +9,8 @@ done; the workers drift out of step, so one's GEMM runs while another's rows str
 memory. Measured on SD 1.5's 128 attention weights (fp16, rank 32, 2 cores): median 56-60 ms
 against 66-75 ms for the one-thread-pool loop (bench/lora_apply.py; notes in the issue-18 note).
 
-The arithmetic of every block is chain_block's, with the same block boundaries as
-adapters.plain_lora_chain, so the weights are the ones that function gives.
+The arithmetic of every block is chain_block's, and the block boundaries chain_blocks' (as in
+adapters.plain_lora_chain), so the weights are the ones that function gives.
 
 Small jobs (under MIN_THREADED_ELEMENTS) stay on the calling thread. Otherwise the calling
 thread is one of the workers, beside n - 1 started threads. While the workers run, torch's thread
@@ -23,7 +23,7 @@ import threading
 
 import torch
 
-from .adapters import chain_block, chain_rows, chain_setup
+from .adapters import chain_block, chain_blocks, chain_setup
 
 # Below this many weight elements in all (a small model, a LoRA on a few layers) the threads'
 # start-up and torch's thread-count switch cost more than the overlap gains: one thread pool then.
@@ -39,9 +39,8 @@ def plain_lora_chains(tasks, workers: int | None = None) -> list[torch.Tensor]:
         res, job = chain_setup(w0, loras, out)
         results.append(res)
         if job is not None:
-            n_rows, step = job[0].shape[0], chain_rows(job[0])
-            need = step * job[0].shape[1]  # the fp32 scratch its blocks take
-            jobs.extend((job, i, min(n_rows, i + step), need) for i in range(0, n_rows, step))
+            need, blocks = chain_blocks(job[0])
+            jobs.extend((job, i, j, need) for i, j in blocks)
     if not jobs:
         return results
     n = default_workers() if workers is None else workers
