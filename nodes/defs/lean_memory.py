@@ -58,8 +58,8 @@ def sliced(*modules):
     chunk = attention_chunk()
     with contextlib.ExitStack() as stack:
         for m in modules:
-            if m is not None and chunk:
-                stack.enter_context(sliced_attention(m, chunk))
+            if m is not None:
+                stack.enter_context(sliced_attention(m, chunk))  # chunk 0: leaves m as it is
         yield
 
 
